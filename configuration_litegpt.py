@@ -92,7 +92,6 @@ def _timm_vit_config(image_size: int, patch_size: int, hidden_size: int, depth: 
             "embed_dim": hidden_size,
             "depth": depth,
             "num_heads": heads,
-            "num_classes": 0,
             "global_pool": "",
         },
     }

@@ -1,0 +1,387 @@
+"""PyTorch LiteGPT, laid out like transformers' LLaVA.
+
+`LiteGPTForConditionalGeneration` holds the backbone at `self.model` (vision towers, projector,
+language model) and the LM head outside it, because TRL's loss path reads `last_hidden_state`
+from the `base_model_prefix` submodule and the head from `get_output_embeddings()`.
+
+Image path (DESIGN.md §1.2): every tower sees the same `pixel_values`; each drops its CLS token;
+the patch tokens are concatenated along the sequence (first encoder first), normalised by a
+parameter-free LayerNorm, and every `tokens_per_group` consecutive positions become one
+`tokens_per_group * hidden` vector, projected to the LM width and scattered into
+`inputs_embeds` at the `<ImageHere>` positions.
+
+Shipped as remote code next to the weights: imports only torch, transformers and sibling files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, BitsAndBytesConfig, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+
+try:
+    from .configuration_litegpt import LiteGPTConfig
+except ImportError:  # imported as a plain module (tests, repo scripts)
+    from configuration_litegpt import LiteGPTConfig
+
+
+@dataclass
+class LiteGPTModelOutputWithPast(BaseModelOutputWithPast):
+    """`BaseModelOutputWithPast` plus the projected image features (`(num_images, num_image_tokens, hidden)`)."""
+
+    image_hidden_states: torch.Tensor | None = None
+
+
+@dataclass
+class LiteGPTCausalLMOutputWithPast(ModelOutput):
+    """Causal-LM output with the projected image features."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    image_hidden_states: torch.Tensor | None = None
+
+
+class LiteGPTMultiModalProjector(nn.Module):
+    """`Linear(tokens_per_group * vision_hidden, projector_hidden) -> GELU -> Linear(projector_hidden, lm_hidden)`.
+
+    In the paper 3840 -> 5632 -> 4096; `linear_2` takes MiniGPT-v2's `llama_proj` at conversion.
+    """
+
+    def __init__(self, config: LiteGPTConfig):
+        super().__init__()
+        self.linear_1 = nn.Linear(config.projector_input_size, config.projector_hidden_size, bias=config.projector_bias)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(config.projector_hidden_size, config.text_config.hidden_size, bias=config.projector_bias)
+
+    def forward(self, grouped_features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(grouped_features)))
+
+
+def group_patch_tokens(patch_tokens: torch.Tensor, tokens_per_group: int) -> torch.Tensor:
+    """`(B, N, D) -> (B, N / g, g * D)`: every `g` consecutive sequence positions become one vector.
+
+    Groups are taken along the concatenated sequence, not as spatial blocks, so they cross raster
+    rows and encoder boundaries exactly as the reference code's `reshape` does.
+    """
+    batch, num_tokens, width = patch_tokens.shape
+    if num_tokens % tokens_per_group:
+        raise ValueError(f"{num_tokens} patch tokens cannot be grouped {tokens_per_group} at a time")
+    return patch_tokens.reshape(batch, num_tokens // tokens_per_group, tokens_per_group * width)
+
+
+# LoRA on the language model's q/v projections only (DESIGN.md §1.5). A string is `re.fullmatch`ed by
+# PEFT; the list ["q_proj", "v_proj"] would suffix-match PubMedCLIP's attention too.
+LORA_TARGET_MODULES = r".*\.language_model\.layers\.\d+\.self_attn\.(q_proj|v_proj)"
+
+
+def non_quantized_modules(config: LiteGPTConfig) -> list[str]:
+    """Full module paths that bitsandbytes must leave in float: every tower, the projector and the LM head.
+
+    transformers matches a skip entry from the start of the module path or as a suffix of it, so a
+    bare `"multi_modal_projector"` (the list DESIGN.md first proposed) does not protect
+    `model.multi_modal_projector.linear_1`: the entries must be full prefixes.
+    """
+    towers = [f"model.{spec['name']}_vision_tower" for spec in config.vision_encoders]
+    return [*towers, "model.multi_modal_projector", "lm_head"]
+
+
+def bnb_quantization_config(
+    config: LiteGPTConfig, bits: int, compute_dtype: torch.dtype = torch.bfloat16
+) -> BitsAndBytesConfig:
+    """`BitsAndBytesConfig` quantising the language model only (8-bit as in the paper, or 4-bit nf4 + double quant)."""
+    skip = non_quantized_modules(config)
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    if bits == 4:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+            llm_int8_skip_modules=skip,
+        )
+    raise ValueError(f"bits must be 4 or 8, got {bits}")
+
+
+class LiteGPTPreTrainedModel(PreTrainedModel):
+    config_class = LiteGPTConfig
+    config: LiteGPTConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer", "TimmWrapperModel"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """Load as usual, then re-freeze the vision towers: loading resets `requires_grad` (DESIGN.md §6)."""
+        model = super().from_pretrained(*args, **kwargs)
+        base = model.model if hasattr(model, "model") and isinstance(model.model, LiteGPTModel) else model
+        if isinstance(base, LiteGPTModel):
+            base.freeze_vision()
+        return model
+
+
+class LiteGPTModel(LiteGPTPreTrainedModel):
+    """Vision towers + parameter-free token norm + projector + language model, without LM head."""
+
+    def __init__(self, config: LiteGPTConfig):
+        super().__init__(config)
+        self.vision_tower_names = []
+        for index, spec in enumerate(config.vision_encoders):
+            name = f"{spec['name']}_vision_tower"
+            self.add_module(name, AutoModel.from_config(config.vision_encoder_config(index)))
+            self.vision_tower_names.append(name)
+        self.multi_modal_projector = LiteGPTMultiModalProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.freeze_vision()
+        self.post_init()
+
+    # ------------------------------------------------------------------ embeddings
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    # ------------------------------------------------------------------ vision
+    @property
+    def vision_towers(self) -> list[nn.Module]:
+        return [getattr(self, name) for name in self.vision_tower_names]
+
+    def freeze_vision(self, frozen: bool = True) -> None:
+        """Freeze (or, for demo-only encoder training, unfreeze) every vision tower."""
+        for tower in self.vision_towers:
+            tower.requires_grad_(not frozen)
+            if frozen:
+                tower.eval()
+
+    def train(self, mode: bool = True):
+        """Keep frozen towers in eval mode (no dropout) while the rest trains, as the reference code does."""
+        super().train(mode)
+        for tower in self.vision_towers:
+            if not any(p.requires_grad for p in tower.parameters()):
+                tower.eval()
+        return self
+
+    def _tower_patch_tokens(self, tower: nn.Module, spec: dict, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Patch tokens of one encoder, `(B, num_patches, D)`, CLS/prefix tokens dropped."""
+        tower_dtype = next(tower.parameters()).dtype
+        pixel_values = pixel_values.to(tower_dtype)
+        layer = spec.get("feature_layer", -1)
+        if layer == -1:
+            hidden = tower(pixel_values=pixel_values).last_hidden_state
+        else:
+            hidden = tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[layer]
+        num_patches = (spec["image_size"] // spec["patch_size"]) ** 2
+        prefix = spec.get("num_prefix_tokens", 1)
+        if hidden.shape[1] != prefix + num_patches:
+            raise ValueError(
+                f"vision encoder {spec['name']!r} returned {hidden.shape[1]} tokens, expected {prefix} prefix + "
+                f"{num_patches} patch tokens for image_size {spec['image_size']} / patch {spec['patch_size']}"
+            )
+        return hidden[:, prefix:]
+
+    def get_projector_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Grouped, normalised patch tokens `(B, num_image_tokens, projector_input_size)`.
+
+        Depends only on the frozen towers, so it can be cached per image and fed back through
+        `get_image_features(projector_inputs=...)`.
+        """
+        expected = (self.config.image_size, self.config.image_size)
+        if tuple(pixel_values.shape[-2:]) != expected:
+            raise ValueError(f"pixel_values of spatial size {tuple(pixel_values.shape[-2:])}, the encoders expect {expected}")
+        towers_trainable = any(p.requires_grad for tower in self.vision_towers for p in tower.parameters())
+        with torch.set_grad_enabled(towers_trainable and torch.is_grad_enabled()):
+            tokens = torch.cat(
+                [
+                    self._tower_patch_tokens(tower, spec, pixel_values)
+                    for tower, spec in zip(self.vision_towers, self.config.vision_encoders)
+                ],
+                dim=1,
+            )
+            if self.config.vision_feature_norm:
+                # The reference's `ln_vision` is never loaded nor trained: a non-affine LayerNorm, in fp32.
+                tokens = F.layer_norm(tokens.float(), (tokens.shape[-1],), eps=self.config.vision_feature_norm_eps)
+        return group_patch_tokens(tokens, self.config.tokens_per_group)
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor | None = None, projector_inputs: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Projected image features `(B, num_image_tokens, lm_hidden)` from pixels or cached projector inputs."""
+        if projector_inputs is None:
+            if pixel_values is None:
+                raise ValueError("get_image_features needs pixel_values or projector_inputs")
+            projector_inputs = self.get_projector_inputs(pixel_values)
+        projector_dtype = self.multi_modal_projector.linear_1.weight.dtype
+        if not projector_dtype.is_floating_point:  # quantised projector weights are never expected, but be explicit
+            projector_dtype = torch.float32
+        return self.multi_modal_projector(projector_inputs.to(projector_dtype))
+
+    def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor):
+        """Boolean mask of the image-token positions, checked against the number of image features."""
+        if input_ids is None:
+            image_embedding = self.get_input_embeddings()(
+                torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            special_image_mask = (inputs_embeds == image_embedding).all(-1)
+        else:
+            special_image_mask = input_ids == self.config.image_token_id
+        n_image_tokens = int(special_image_mask.sum())
+        n_image_features = image_features.shape[0] * image_features.shape[1]
+        if n_image_tokens != n_image_features:
+            raise ValueError(
+                f"Image features and image tokens do not match, tokens: {n_image_tokens}, features: {n_image_features}"
+            )
+        return special_image_mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        projector_inputs: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> LiteGPTModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if pixel_values is not None and projector_inputs is not None:
+            raise ValueError("Pass pixel_values or projector_inputs, not both")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_features = None
+        if pixel_values is not None or projector_inputs is not None:
+            image_features = self.get_image_features(pixel_values=pixel_values, projector_inputs=projector_inputs)
+            image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
+            inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
+        elif input_ids is not None and bool((input_ids == self.config.image_token_id).any()):
+            # Without this check the placeholder row would silently reach the LM as a learned token.
+            raise ValueError("input_ids contain image tokens but neither pixel_values nor projector_inputs were given")
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return LiteGPTModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+        )
+
+
+class LiteGPTForConditionalGeneration(LiteGPTPreTrainedModel, GenerationMixin):
+    """LiteGPT with its LM head: `AutoModelForImageTextToText`, `AutoModelForCausalLM` and `AutoModel` target."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: LiteGPTConfig):
+        super().__init__(config)
+        self.model = LiteGPTModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.lm_head = new_embeddings
+
+    def freeze_vision(self, frozen: bool = True) -> None:
+        self.model.freeze_vision(frozen)
+
+    def get_image_features(self, pixel_values=None, projector_inputs=None) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values=pixel_values, projector_inputs=projector_inputs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        projector_inputs: torch.Tensor | None = None,
+        **kwargs,
+    ) -> LiteGPTCausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            projector_inputs=projector_inputs,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+
+        return LiteGPTCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+        )
+
+    def prepare_inputs_for_generation(
+        self, input_ids, pixel_values=None, projector_inputs=None, is_first_iteration=False, **kwargs
+    ):
+        """Pass the image only at prefill (or without a cache): afterwards it lives in the KV cache."""
+        model_inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration, **kwargs)
+        if is_first_iteration or not kwargs.get("use_cache", True):
+            model_inputs["pixel_values"] = pixel_values
+            model_inputs["projector_inputs"] = projector_inputs
+        return model_inputs
+
+
+__all__ = [
+    "LORA_TARGET_MODULES",
+    "LiteGPTForConditionalGeneration",
+    "LiteGPTModel",
+    "LiteGPTPreTrainedModel",
+    "bnb_quantization_config",
+    "group_patch_tokens",
+    "non_quantized_modules",
+]

@@ -1,0 +1,1 @@
+"""Command-line tools: checkpoint building and conversion (`python -m scripts.<tool>`)."""

@@ -1,0 +1,220 @@
+"""LiteGPT model: layout, image-token merge, grouping, generation, freezing, attention backends."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from configuration_litegpt import LiteGPTConfig, paper_vision_encoders
+from modeling_litegpt import LiteGPTForConditionalGeneration, group_patch_tokens
+
+IMAGE_TOKEN_ID = 98  # tiny preset
+
+
+def _tiny_inputs(num_images: int = 2, seed: int = 0):
+    """Two sequences with 4 image tokens each; the second is left-padded by one."""
+    torch.manual_seed(seed)
+    image = [IMAGE_TOKEN_ID] * 4
+    input_ids = torch.tensor([[1, 5, 6, *image, 7, 8, 9], [0, 1, 5, *image, 7, 8][: 10] + [10]])
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 0] = 0
+    pixel_values = torch.randn(num_images, 3, 32, 32)
+    return input_ids, attention_mask, pixel_values
+
+
+def test_llava_layout_and_module_paths(tiny_model):
+    children = dict(tiny_model.model.named_children())
+    assert list(children) == ["biomed_vision_tower", "pubmed_vision_tower", "multi_modal_projector", "language_model"]
+    assert type(children["biomed_vision_tower"]).__name__ == "TimmWrapperModel"
+    assert type(children["pubmed_vision_tower"]).__name__ == "CLIPVisionModel"
+    assert tiny_model.get_output_embeddings() is tiny_model.lm_head
+    assert tiny_model.base_model_prefix == "model"
+
+
+def test_paper_preset_dimensions_without_weights():
+    config = LiteGPTConfig.from_preset("litegpt-7b")
+    assert (config.num_patch_tokens, config.num_image_tokens, config.projector_input_size) == (245, 49, 3840)
+    with torch.device("meta"):
+        model = LiteGPTForConditionalGeneration(config)
+    projector = model.model.multi_modal_projector
+    assert tuple(projector.linear_1.weight.shape) == (5632, 3840)
+    assert tuple(projector.linear_2.weight.shape) == (4096, 5632)
+    assert sum(p.numel() for p in projector.parameters()) == 44_705_280  # ≈ 44.7 M, as the paper says
+    assert model.config.text_config.hidden_size == 4096
+    assert model.lm_head.weight.shape[0] == 32001
+
+
+def test_paper_encoders_give_245_patch_tokens_and_49_visual_tokens():
+    """Real-size BiomedCLIP ViT-B/16 + PubMedCLIP ViT-B/32 architectures (random weights) with a tiny LM."""
+    config = LiteGPTConfig.from_preset("tiny", vision_encoders=paper_vision_encoders())
+    model = LiteGPTForConditionalGeneration(config).eval()
+    pixel_values = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        biomed = model.model._tower_patch_tokens(model.model.biomed_vision_tower, config.vision_encoders[0], pixel_values)
+        pubmed = model.model._tower_patch_tokens(model.model.pubmed_vision_tower, config.vision_encoders[1], pixel_values)
+        grouped = model.model.get_projector_inputs(pixel_values)
+        features = model.get_image_features(pixel_values=pixel_values)
+    assert biomed.shape == (1, 196, 768) and pubmed.shape == (1, 49, 768)
+    assert grouped.shape == (1, 49, 3840)
+    assert features.shape == (1, 49, config.text_config.hidden_size)
+
+
+def test_grouping_takes_consecutive_sequence_positions():
+    """Group 39 of the paper layout is biomed[195] ‖ pubmed[0..3] (196 = 39·5 + 1)."""
+    biomed = torch.arange(196).float().view(1, 196, 1).expand(1, 196, 2) * 10
+    pubmed = (1000 + torch.arange(49)).float().view(1, 49, 1).expand(1, 49, 2)
+    grouped = group_patch_tokens(torch.cat([biomed, pubmed], dim=1), 5)
+    assert grouped.shape == (1, 49, 10)
+    assert grouped[0, 39, ::2].tolist() == [1950.0, 1000.0, 1001.0, 1002.0, 1003.0]
+    assert grouped[0, 0, ::2].tolist() == [0.0, 10.0, 20.0, 30.0, 40.0]
+    with pytest.raises(ValueError, match="cannot be grouped"):
+        group_patch_tokens(torch.zeros(1, 7, 2), 5)
+
+
+def test_model_groups_biomed_first_then_pubmed(tiny_model, monkeypatch):
+    """Through the model: towers' tokens are concatenated in config order, then grouped, norm switchable."""
+    tiny_model.config.vision_feature_norm = False
+    codes = {"biomed": 0.0, "pubmed": 100.0}
+
+    def fake_tokens(tower, spec, pixel_values):
+        n = (spec["image_size"] // spec["patch_size"]) ** 2
+        values = codes[spec["name"]] + torch.arange(n).float()
+        return values.view(1, n, 1).expand(pixel_values.shape[0], n, tiny_model.config.vision_hidden_size)
+
+    monkeypatch.setattr(tiny_model.model, "_tower_patch_tokens", fake_tokens)
+    grouped = tiny_model.model.get_projector_inputs(torch.zeros(1, 3, 32, 32))
+    width = tiny_model.config.vision_hidden_size
+    firsts = grouped[0, :, ::width]  # first channel of each of the 5 tokens in every group
+    assert firsts.tolist() == [
+        [0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14], [15, 100, 101, 102, 103]
+    ]
+
+
+def test_vision_feature_norm_is_parameter_free_layernorm(tiny_model):
+    pixel_values = torch.randn(1, 3, 32, 32)
+    grouped = tiny_model.model.get_projector_inputs(pixel_values)
+    tokens = grouped.reshape(1, 20, tiny_model.config.vision_hidden_size)
+    torch.testing.assert_close(tokens.mean(-1), torch.zeros(1, 20), atol=1e-5, rtol=0)
+    torch.testing.assert_close(tokens.var(-1, unbiased=False), torch.ones(1, 20), atol=1e-3, rtol=0)
+    assert not any("norm" in n for n, _ in tiny_model.model.named_parameters() if n.startswith("multi_modal"))
+
+
+def test_image_features_are_scattered_at_image_token_positions(tiny_model):
+    input_ids, attention_mask, pixel_values = _tiny_inputs()
+    out = tiny_model.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values)
+    features = tiny_model.get_image_features(pixel_values=pixel_values)
+    torch.testing.assert_close(out.image_hidden_states, features)
+    # The embeddings fed to the LM: recompute and compare the image rows.
+    embeds = tiny_model.get_input_embeddings()(input_ids)
+    mask = tiny_model.model.get_placeholder_mask(input_ids, embeds, features)
+    merged = embeds.masked_scatter(mask, features)
+    torch.testing.assert_close(merged[0, 3:7], features[0])
+    torch.testing.assert_close(merged[1, 3:7], features[1])
+    torch.testing.assert_close(merged[0, :3], embeds[0, :3])
+
+
+def test_token_feature_mismatch_raises_clear_error(tiny_model):
+    input_ids, attention_mask, pixel_values = _tiny_inputs()
+    input_ids[0, 3] = 20  # one image token fewer than the 2 x 4 features
+    with pytest.raises(ValueError, match="Image features and image tokens do not match, tokens: 7, features: 8"):
+        tiny_model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values)
+
+
+def test_image_tokens_without_image_raise(tiny_model):
+    input_ids, attention_mask, _ = _tiny_inputs()
+    with pytest.raises(ValueError, match="neither pixel_values nor projector_inputs"):
+        tiny_model(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_wrong_image_size_raises(tiny_model):
+    input_ids, attention_mask, _ = _tiny_inputs()
+    with pytest.raises(ValueError, match="spatial size"):
+        tiny_model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=torch.randn(2, 3, 48, 48))
+
+
+def test_cached_projector_inputs_give_identical_logits(tiny_model):
+    input_ids, attention_mask, pixel_values = _tiny_inputs()
+    with torch.no_grad():
+        from_pixels = tiny_model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values).logits
+        cached = tiny_model.model.get_projector_inputs(pixel_values)
+        from_cache = tiny_model(input_ids=input_ids, attention_mask=attention_mask, projector_inputs=cached).logits
+    torch.testing.assert_close(from_pixels, from_cache, rtol=0, atol=0)
+
+
+def test_loss_is_cross_entropy_on_shifted_unmasked_labels(tiny_model):
+    input_ids, attention_mask, pixel_values = _tiny_inputs()
+    labels = input_ids.clone()
+    labels[:, :7] = -100
+    out = tiny_model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, labels=labels)
+    logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
+    expected = torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_vision_towers_are_frozen_and_stay_in_eval(tiny_model):
+    tiny_model.train()
+    for tower in tiny_model.model.vision_towers:
+        assert not tower.training
+        assert not any(p.requires_grad for p in tower.parameters())
+    assert tiny_model.model.multi_modal_projector.training
+    assert all(p.requires_grad for p in tiny_model.model.multi_modal_projector.parameters())
+
+
+def test_towers_are_refrozen_after_from_pretrained(tiny_checkpoint):
+    model = LiteGPTForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    assert not any(p.requires_grad for tower in model.model.vision_towers for p in tower.parameters())
+    assert all(p.requires_grad for p in model.model.language_model.parameters())
+
+
+def test_gradient_checkpointing_trains_projector_not_towers(tiny_model):
+    tiny_model.gradient_checkpointing_enable()
+    tiny_model.train()
+    assert tiny_model.model.language_model.gradient_checkpointing
+    input_ids, attention_mask, pixel_values = _tiny_inputs()
+    out = tiny_model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, labels=input_ids)
+    out.loss.backward()
+    assert tiny_model.model.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for tower in tiny_model.model.vision_towers for p in tower.parameters())
+
+
+def test_greedy_generation_with_cache_equals_without(tiny_model):
+    input_ids, attention_mask, pixel_values = _tiny_inputs()
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, max_new_tokens=8, do_sample=False)
+    cached = tiny_model.generate(**kwargs, use_cache=True)
+    uncached = tiny_model.generate(**kwargs, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_batched_left_padded_generation_equals_one_at_a_time(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    images = [torch.rand(3, 40, 50).numpy().transpose(1, 2, 0), torch.rand(3, 64, 32).numpy().transpose(1, 2, 0)]
+    prompts = [processor.task_prompt("grounding"), processor.task_prompt("diagnosis")]
+    processor.tokenizer.padding_side = "left"
+    batch = processor(images=images, text=prompts, padding=True, return_tensors="pt")
+    batched = model.generate(**batch, max_new_tokens=6, do_sample=False)
+    for i in range(2):
+        single = processor(images=[images[i]], text=[prompts[i]], return_tensors="pt")
+        out = model.generate(**single, max_new_tokens=6, do_sample=False)
+        assert batched[i, -6:].tolist() == out[0, -6:].tolist()
+
+
+def test_sdpa_and_eager_attention_agree(tiny_checkpoint):
+    input_ids, attention_mask, pixel_values = _tiny_inputs()
+    logits = {}
+    for impl in ("sdpa", "eager"):
+        model = LiteGPTForConditionalGeneration.from_pretrained(tiny_checkpoint, attn_implementation=impl).eval()
+        assert model.config._attn_implementation == impl
+        with torch.no_grad():
+            logits[impl] = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values).logits
+    torch.testing.assert_close(logits["sdpa"][0], logits["eager"][0], atol=1e-4, rtol=1e-4)
+
+
+def test_config_rejects_ungroupable_or_mismatched_encoders():
+    with pytest.raises(ValueError, match="cannot be grouped 3 at a time"):
+        LiteGPTConfig.from_preset("tiny", tokens_per_group=3)
+    encoders = paper_vision_encoders()
+    encoders[1]["hidden_size"] = 512
+    with pytest.raises(ValueError, match="share hidden_size"):
+        LiteGPTConfig.from_preset("tiny", vision_encoders=encoders)
+    with pytest.raises(ValueError, match="unknown LiteGPT preset"):
+        LiteGPTConfig.from_preset("litegpt-13b")

@@ -1,0 +1,135 @@
+"""LoRA through PEFT (q/v of the LM only, projector trained in full) and bitsandbytes 8/4-bit on the CPU."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+
+from configuration_litegpt import LiteGPTConfig
+from modeling_litegpt import LORA_TARGET_MODULES, LiteGPTForConditionalGeneration, bnb_quantization_config, non_quantized_modules
+from scripts.litegpt_checkpoint import make_lora_config
+
+
+def _inputs():
+    torch.manual_seed(1)
+    input_ids = torch.tensor([[1, 5, 6, 98, 98, 98, 98, 7, 8, 9]])
+    return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), pixel_values=torch.randn(1, 3, 32, 32))
+
+
+def _perturb_lora(model) -> None:
+    """LoRA B starts at zero; give every adapter weight a value so that save/load is really tested."""
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name or "modules_to_save" in name:
+                param.add_(torch.randn_like(param) * 0.05)
+
+
+def test_lora_targets_only_language_model_q_and_v(tiny_model):
+    peft_model = get_peft_model(tiny_model, make_lora_config(r=8))
+    lora_modules = sorted({n.rsplit(".lora_", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_" in n})
+    num_layers = tiny_model.config.text_config.num_hidden_layers
+    assert len(lora_modules) == 2 * num_layers
+    assert all(re.search(r"\.language_model\.layers\.\d+\.self_attn\.(q_proj|v_proj)$", n) for n in lora_modules)
+    assert not any("vision_tower" in n for n, _ in peft_model.named_parameters() if ".lora_" in n)
+
+
+def test_a_suffix_list_would_also_hit_pubmedclip_attention():
+    """Why the target is a regex: PEFT suffix-matches lists, reaching the CLIP tower's q_proj/v_proj."""
+    names = ["model.pubmed_vision_tower.encoder.layers.0.self_attn.q_proj",
+             "model.language_model.layers.0.self_attn.q_proj"]
+    assert [bool(re.fullmatch(LORA_TARGET_MODULES, n)) for n in names] == [False, True]
+    assert all(n.endswith("q_proj") for n in names)
+
+
+def test_trainable_parameters_are_projector_plus_lora(tiny_model):
+    projector = sum(p.numel() for p in tiny_model.model.multi_modal_projector.parameters())
+    peft_model = get_peft_model(tiny_model, make_lora_config(r=8))
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable, "nothing to train"
+    assert all(".lora_" in n or "multi_modal_projector.modules_to_save" in n for n in trainable)
+    counted = sum(p.numel() for n, p in peft_model.named_parameters() if p.requires_grad)
+    hidden = tiny_model.config.text_config
+    q_out = hidden.num_attention_heads * hidden.head_dim
+    v_out = hidden.num_key_value_heads * hidden.head_dim
+    lora = hidden.num_hidden_layers * 8 * ((hidden.hidden_size + q_out) + (hidden.hidden_size + v_out))
+    assert counted == projector + lora
+
+
+def test_paper_lora_size_is_33_6m():
+    """r=64 on Llama-2-7b's q/v: 32 layers x 2 x 64 x (4096 + 4096) = 33.55 M (DESIGN.md §1.5)."""
+    config = LiteGPTConfig.from_preset("litegpt-7b")
+    with torch.device("meta"):
+        model = LiteGPTForConditionalGeneration(config)
+        peft_model = get_peft_model(model, make_lora_config())
+    lora = sum(p.numel() for n, p in peft_model.named_parameters() if ".lora_" in n)
+    assert lora == 32 * 2 * 64 * (4096 + 4096)
+
+
+def test_adapter_save_and_reload_gives_identical_outputs(tmp_path, tiny_config):
+    torch.manual_seed(0)
+    base = LiteGPTForConditionalGeneration(tiny_config).eval()
+    base.save_pretrained(tmp_path / "base")
+    peft_model = get_peft_model(base, make_lora_config(r=8))
+    _perturb_lora(peft_model)
+    peft_model.eval()
+    inputs = _inputs()
+    with torch.no_grad():
+        expected = peft_model(**inputs).logits
+    peft_model.save_pretrained(tmp_path / "adapter")
+
+    saved_keys = set(__import__("safetensors.torch", fromlist=["load_file"]).load_file(
+        tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert any("multi_modal_projector" in k for k in saved_keys)
+    assert not any("embed_tokens" in k or "vision_tower" in k for k in saved_keys)
+
+    fresh = LiteGPTForConditionalGeneration.from_pretrained(tmp_path / "base").eval()
+    reloaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        got = reloaded(**inputs).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    plain = LiteGPTForConditionalGeneration.from_pretrained(tmp_path / "base").eval()
+    with torch.no_grad():
+        assert not torch.allclose(plain(**inputs).logits, expected), "the adapter changed nothing"
+
+
+def test_skip_list_keeps_towers_projector_and_head_unquantised():
+    config = LiteGPTConfig.from_preset("tiny")
+    assert non_quantized_modules(config) == [
+        "model.biomed_vision_tower", "model.pubmed_vision_tower", "model.multi_modal_projector", "lm_head"
+    ]
+    with pytest.raises(ValueError, match="bits must be 4 or 8"):
+        bnb_quantization_config(config, 3)
+
+
+@pytest.mark.parametrize("bits,min_cosine", [(8, 0.995), (4, 0.95)])
+def test_bitsandbytes_quantises_only_the_language_model(tmp_path, bits, min_cosine):
+    pytest.importorskip("bitsandbytes")
+    config = LiteGPTConfig.from_preset("tiny", text_config=dict(
+        model_type="llama", vocab_size=99, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    torch.manual_seed(0)
+    LiteGPTForConditionalGeneration(config).save_pretrained(tmp_path)
+    full = LiteGPTForConditionalGeneration.from_pretrained(tmp_path).eval()
+    quantised = LiteGPTForConditionalGeneration.from_pretrained(
+        tmp_path, quantization_config=bnb_quantization_config(config, bits, torch.float32), device_map="cpu"
+    ).eval()
+    kinds = {n: type(m).__name__ for n, m in quantised.named_modules()}
+    expected_kind = "Linear8bitLt" if bits == 8 else "Linear4bit"
+    assert kinds["model.language_model.layers.0.self_attn.q_proj"] == expected_kind
+    assert kinds["model.language_model.layers.1.mlp.down_proj"] == expected_kind
+    for name in ("model.multi_modal_projector.linear_1", "model.multi_modal_projector.linear_2", "lm_head",
+                 "model.pubmed_vision_tower.encoder.layers.0.self_attn.q_proj"):
+        assert kinds[name] == "Linear", name
+    assert quantised.model.multi_modal_projector.linear_1.weight.dtype == torch.float32
+    inputs = _inputs()
+    with torch.no_grad():
+        reference = full(**inputs).logits
+        got = quantised(**inputs).logits
+    assert torch.isfinite(got).all()
+    cosine = torch.nn.functional.cosine_similarity(got.flatten(), reference.flatten(), dim=0)
+    assert cosine > min_cosine
+    assert not torch.equal(got, reference)  # it really ran quantised
