@@ -97,6 +97,7 @@ def assemble_litegpt(
     resized to it once, here, so training never resizes (PEFT then never saves embeddings).
     """
     tokenizer = prepare_tokenizer(tokenizer, config.image_token)
+    torch.manual_seed(seed)  # the resize draws the new `<ImageHere>` rows at random
     if language_model is not None:
         language_model.resize_token_embeddings(len(tokenizer))
         config.text_config = language_model.config
@@ -107,7 +108,6 @@ def assemble_litegpt(
     config.tie_word_embeddings = bool(getattr(config.text_config, "tie_word_embeddings", False))
     config.validate_vision_layout()
 
-    torch.manual_seed(seed)
     model = LiteGPTForConditionalGeneration(config)
     if language_model is not None:
         model.model.language_model.load_state_dict(language_model.model.state_dict())
@@ -115,9 +115,7 @@ def assemble_litegpt(
         if config.tie_word_embeddings:
             model.tie_weights()
     model.generation_config = default_generation_config(tokenizer, config.image_token_id)
-    processor = LiteGPTProcessor.from_tokenizer(
-        tokenizer, image_size=config.image_size, num_image_tokens=config.num_image_tokens, image_token=config.image_token
-    )
+    processor = LiteGPTProcessor.from_tokenizer(tokenizer, config=config)
     return model.eval(), processor
 
 
@@ -136,6 +134,10 @@ def default_generation_config(tokenizer: PreTrainedTokenizerBase, image_token_id
 def save_litegpt(model: LiteGPTForConditionalGeneration, processor: LiteGPTProcessor, out_dir: str | Path) -> Path:
     """Save weights (safetensors), config with `auto_map`, generation config, processor and remote code."""
     out_dir = Path(out_dir)
+    # The LM config may come from the source LM (e.g. `dtype: float16` for Llama-2): a stale sub-config
+    # dtype would make `from_pretrained(dtype="auto")` load the LM in it, whatever the saved weights are.
+    model.config.dtype = model.dtype
+    model.config.text_config.dtype = model.dtype
     model.config.auto_map = dict(AUTO_MAP)
     model.config.architectures = ["LiteGPTForConditionalGeneration"]
     # Registering makes save_pretrained copy modeling_litegpt.py and the files it imports relatively.
