@@ -218,3 +218,18 @@ def test_config_rejects_ungroupable_or_mismatched_encoders():
         LiteGPTConfig.from_preset("tiny", vision_encoders=encoders)
     with pytest.raises(ValueError, match="unknown LiteGPT preset"):
         LiteGPTConfig.from_preset("litegpt-13b")
+
+
+def test_processor_inserts_exactly_the_tokens_the_model_consumes(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    image = (torch.rand(50, 70) * 255).to(torch.uint8).numpy()
+    inputs = processor(images=image, text=processor.task_prompt("grounding"), return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == model.config.num_image_tokens == 4
+    assert inputs["pixel_values"].shape == (1, 3, model.config.image_size, model.config.image_size)
+    assert int((inputs["input_ids"] == processor.tokenizer.bos_token_id).sum()) == 1
+    assert torch.isfinite(model(**inputs).logits).all()
+
+    processor.num_image_tokens = 5  # a processor out of step with the model
+    wrong = processor(images=image, text=processor.task_prompt("grounding"), return_tensors="pt")
+    with pytest.raises(ValueError, match="tokens: 5, features: 4"):
+        model(**wrong)
