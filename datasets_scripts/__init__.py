@@ -1,0 +1,1 @@
+"""Dataset builders and synthetic data generators (`python -m datasets_scripts.<tool>`)."""
