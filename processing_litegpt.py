@@ -49,6 +49,12 @@ VINDR_LOCAL_LABELS = (
 # VinDr-CXR global labels (6), CSV order.
 VINDR_GLOBAL_LABELS = ("COPD", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases", "No finding")
 NO_FINDING = "No finding"
+# CheXpert / NegBio labels of MIMIC-CXR (14), CSV order (DESIGN.md §3).
+CHEXPERT_LABELS = (
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
+    "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
+    "Pneumothorax", "Support Devices",
+)
 # fmt: on
 # Every VinDr label, local first: the default vocabulary of `canonical_label`.
 VINDR_LABELS = VINDR_LOCAL_LABELS + VINDR_GLOBAL_LABELS
@@ -1248,6 +1254,7 @@ __all__ = [
     "LABEL_ALIASES",
     "LOCAL_PREFIX",
     "NO_FINDING",
+    "CHEXPERT_LABELS",
     "REPORT_INSTRUCTION",
     "TASK_INSTRUCTIONS",
     "VINDR_GLOBAL_LABELS",

@@ -76,7 +76,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from processing_litegpt import NO_FINDING, VINDR_GLOBAL_LABELS, VINDR_LOCAL_LABELS
+from processing_litegpt import CHEXPERT_LABELS, NO_FINDING, VINDR_GLOBAL_LABELS, VINDR_LOCAL_LABELS
 
 __all__ = ["CHEXPERT_LABELS", "OTHER_DISEASE_COLUMN", "RADIOLOGISTS", "VINDR_USED_CLASSES", "generate", "main"]
 
@@ -125,22 +125,6 @@ P_MISS = 0.1  # a reader misses a box
 P_NEAR_DUP = 0.05  # a reader draws a second, near-identical box
 P_KEEP_GLOBAL = 0.88  # a reader reports a global label of the image
 
-CHEXPERT_LABELS = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
-)
 MIMIC_METADATA_COLUMNS = (
     "dicom_id",
     "subject_id",

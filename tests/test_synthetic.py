@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from datasets_scripts import synthetic
-from processing_litegpt import NO_FINDING, VINDR_GLOBAL_LABELS, VINDR_LOCAL_LABELS
+from processing_litegpt import CHEXPERT_LABELS, NO_FINDING, VINDR_GLOBAL_LABELS, VINDR_LOCAL_LABELS
 
 N_TRAIN, N_TEST, N_MIMIC = 60, 20, 20
 VINDR = "vindr-cxr/1.0.0"
@@ -40,22 +40,7 @@ METADATA_COLUMNS = [
     "ViewCodeSequence_CodeMeaning",
     "PatientOrientationCodeSequence_CodeMeaning",
 ]
-CHEXPERT = [
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
-]
+CHEXPERT = list(CHEXPERT_LABELS)  # DESIGN.md §3 order
 
 
 @pytest.fixture(scope="module")
