@@ -1,0 +1,426 @@
+"""Outputs of an evaluation: `metrics.json`, `report.md` (laid out like the paper's tables) and PNG figures.
+
+`report.md` sections, each table captioned with what it holds and the protocol of every number:
+
+* Table 1 - Finding vs No finding (stage 1; the paper's Table 1), three protocols side by side + paper values;
+* Table 2 - global diseases (stage 2) per label and averages + paper's global F1;
+* Table 3 - Acc@IoU 0.3/0.4/0.5: [C]'s protocol and one-to-one matching, side by side + paper values;
+* Table 4 - text metrics of stage-1 answers with boxes removed (`paper` and `tag_free`) + paper values;
+* Table 5 - beyond the paper: mAP@0.4 / mAP@0.5 (vindr22, kaggle14), macro AUC, with 95 % intervals;
+* Appendix Tables 8-13 - per-label local classification (strict, paper), per-label global (paper protocol),
+  per-label AP, per-label matched localisation, MIMIC existence (MedKLIP-style per entity) and report text metrics;
+* parse failures, skipped items, unavailable metrics (with reasons), intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from processing_litegpt import NO_FINDING, VINDR_GLOBAL_LABELS, VINDR_LOCAL_LABELS
+
+from .records import _clean_floats, _json_default
+
+# DESIGN.md §8 reference numbers, with their protocol.
+PAPER_NUMBERS = {
+    "table1": {"Finding": (84, 59, 70), NO_FINDING: (83, 95, 89)},
+    "global_f1": 60.0,
+    "acc_iou": {"0.3": 12.54, "0.4": 10.5, "0.5": 8.12},
+    "text": {"rouge1": 50.1, "bleu4": 23.74, "meteor": 61.92, "cider": 0.56},
+    "kaggle_map04": 0.314,
+}
+PAPER_PROTOCOL_NOTE = "paper values: VinDr test, [C] substring parsing, sampling (T 0.6 / 0.1)"
+
+
+def write_metrics_json(metrics: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """`metrics.json`: NaN/inf written as null, keys in a stable order."""
+    Path(path).write_text(json.dumps(_clean_floats(metrics), indent=2, default=_json_default, allow_nan=False) + "\n")
+
+
+# ======================================================================================= formatting
+
+
+def _pct(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{100.0 * float(value):.2f}"
+
+
+def _num(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{float(value):.{digits}f}"
+
+
+def _ci(metrics: Mapping[str, Any], key: str, scale: float = 1.0, digits: int = 2) -> str:
+    interval = metrics.get("confidence_intervals", {}).get(key)
+    if not interval or interval.get("low") is None or interval.get("high") is None:
+        return ""
+    low, high = interval["low"], interval["high"]
+    if any(isinstance(v, float) and math.isnan(v) for v in (low, high)):
+        return ""
+    return f" [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _get(tree: Any, *keys, default=None):
+    for key in keys:
+        if not isinstance(tree, Mapping) or key not in tree:
+            return default
+        tree = tree[key]
+    return tree
+
+
+def _classification_table(report: Mapping[str, Any], labels, metrics=None, ci_prefix: str | None = None) -> str:
+    rows = []
+    for label in labels:
+        entry = report["labels"].get(label)
+        if entry is None:
+            continue
+        rows.append([label, _pct(entry["precision"]), _pct(entry["recall"]), _pct(entry["f1"]), entry["support"]])
+    for average in ("micro", "macro", "macro_present", "weighted", "samples"):
+        entry = report["averages"].get(average)
+        if entry is None:
+            continue
+        ci = _ci(metrics, f"{ci_prefix}.averages.{average}.f1", 100) if metrics is not None and ci_prefix else ""
+        rows.append([f"*{average} avg*", _pct(entry["precision"]), _pct(entry["recall"]), _pct(entry["f1"]) + ci, entry["support"]])
+    return _table(["label", "P", "R", "F1", "support"], rows)
+
+
+# ======================================================================================= report.md
+
+
+def render_report(metrics: Mapping[str, Any], manifest: Mapping[str, Any] | None = None, figures: list[str] | None = None) -> str:
+    tasks = metrics.get("tasks", {})
+    out = ["# LiteGPT-CXR evaluation report", ""]
+    manifest = manifest or metrics.get("manifest") or {}
+    if manifest:
+        out += ["## Run", ""]
+        for key in ("model", "dataset", "split", "predictions", "command", "commit", "decoding", "created"):
+            if key in manifest:
+                value = manifest[key]
+                out.append(f"- **{key}**: `{json.dumps(value) if isinstance(value, (dict, list)) else value}`")
+        out.append("")
+    out += [
+        (
+            "All numbers are percentages unless stated (CIDEr x 10 as in COCO; mAP and AUC in [0, 1]). Brackets: 95 % "
+            "percentile bootstrap over images (B and seed in `metrics.json`). Protocols: **strict** = exact, "
+            "negation-aware parsing, a parse failure predicts nothing and stays counted; **failures excluded** = "
+            "failed answers removed; **paper** = the reference code's protocol ([C]: substring label matching, regex "
+            "boxes)."
+        ),
+        "",
+        _parse_section(metrics),
+    ]
+    g, d = tasks.get("grounding"), tasks.get("diagnosis")
+
+    # ---------------- Table 1
+    out += ["## Table 1 - Finding vs No finding", ""]
+    for task_name, task in (("stage 1 (grounding answers)", g), ("stage 2 (diagnosis answers)", d)):
+        if not task:
+            continue
+        rows = []
+        for cls in ("Finding", NO_FINDING):
+            paper = PAPER_NUMBERS["table1"][cls]
+            for protocol in ("strict", "failures_excluded", "paper"):
+                e = task["finding"][protocol][cls]
+                ci = _ci(metrics, f"tasks.{'grounding' if task is g else 'diagnosis'}.finding.strict.{cls}.f1", 100) if protocol == "strict" else ""
+                rows.append([cls, protocol, _pct(e["precision"]), _pct(e["recall"]), _pct(e["f1"]) + ci, e["support"],
+                             f"{paper[0]} / {paper[1]} / {paper[2]}" if protocol == "paper" else ""])  # fmt: skip
+        out += [f"From {task_name}.", "", _table(["class", "protocol", "P", "R", "F1", "support", "paper P / R / F1"], rows), ""]
+    out.append(f"*{PAPER_PROTOCOL_NOTE}.*\n")
+
+    # ---------------- Table 2
+    if d:
+        out += ["## Table 2 - Global diseases (stage 2)", ""]
+        strict = d["classification"]["strict"]
+        out += [_classification_table(strict, VINDR_GLOBAL_LABELS, metrics, "tasks.diagnosis.classification.strict"), ""]
+        rows = [[p, _pct(d["classification"][p]["averages"]["micro"]["f1"]), _pct(d["classification"][p]["averages"]["macro"]["f1"]),
+                 _pct(d["classification"][p]["averages"]["weighted"]["f1"])] for p in ("strict", "failures_excluded", "paper")]  # fmt: skip
+        out += ["Averages by protocol (F1):", "", _table(["protocol", "micro", "macro", "weighted"], rows), "",
+                f"Paper: global F1 {PAPER_NUMBERS['global_f1']:.0f} % ({PAPER_PROTOCOL_NOTE}).", ""]  # fmt: skip
+
+    # ---------------- Table 3
+    if g:
+        loc = g["localization"]
+        out += ["## Table 3 - Localisation accuracy (Acc@IoU)", ""]
+        paper = loc["acc_iou"]["paper"]
+        rows = [["paper ([C]: any same-label box, grid IoU +1, recall)"]
+                + [_num(paper[t]) + _ci(metrics, f"tasks.grounding.localization.acc_iou.paper.{t}") for t in ("0.3", "0.4", "0.5")]]
+        for metric in ("recall", "precision", "f1"):
+            rows.append([f"matched one-to-one, {metric}"] + [
+                _pct(loc["acc_iou"]["matched"][t]["overall"][metric])
+                + (_ci(metrics, f"tasks.grounding.localization.acc_iou.matched.{t}.overall.{metric}", 100) if metric != "precision" else "")
+                for t in ("0.3", "0.4", "0.5")
+            ])  # fmt: skip
+        rows.append(["paper's reported values"] + [_num(PAPER_NUMBERS["acc_iou"][t]) for t in ("0.3", "0.4", "0.5")])
+        out += [_table(["protocol", "IoU 0.3", "IoU 0.4", "IoU 0.5"], rows), "",
+                f"Reference boxes: {paper['gt_boxes']} in {paper['images_with_gt_boxes']} images.", ""]  # fmt: skip
+
+        # ---------------- Table 4
+        if "text" in g:
+            out += ["## Table 4 - Text metrics of stage-1 answers (boxes removed)", ""]
+            names = ["rouge1", "rouge2", "rougeL", "rougeLsum", "bleu1", "bleu2", "bleu3", "bleu4", "meteor", "meteor_coco", "cider", "cider_paper"]
+            rows = []
+            for variant in ("paper", "tag_free"):
+                values, unavailable = g["text"][variant]["values"], g["text"][variant]["unavailable"]
+                rows.append([variant] + [_num(values[n]) + _ci(metrics, f"tasks.grounding.text.{variant}.values.{n}") if n in values
+                                         else ("unavailable" if n in unavailable else "-") for n in names])  # fmt: skip
+            rows.append(["paper's reported"] + [_num(PAPER_NUMBERS["text"][n]) if n in PAPER_NUMBERS["text"] else "" for n in names])
+            out += [_table(["variant", *names], rows), "",
+                    ("`cider` = correct argument order; `cider_paper` = [C]'s swapped call (the paper's CIDEr protocol). "
+                     "`meteor` = NLTK (evaluate's, the paper's); `meteor_coco` = Java METEOR 1.5."), ""]  # fmt: skip
+
+    # ---------------- Table 5
+    rows = []
+    if g:
+        for t in ("0.4", "0.5"):
+            for taxonomy in ("vindr22", "kaggle14"):
+                entry = g["localization"]["map"][t][taxonomy]
+                rows.append([f"mAP@{t} {taxonomy}", _num(entry["map"], 3) + _ci(metrics, f"tasks.grounding.localization.map.{t}.{taxonomy}.map", 1, 3),
+                             f"{entry['n_classes']} classes", "Kaggle VinBigData 1st: 0.314 (private LB, other split)" if (t, taxonomy) == ("0.4", "kaggle14") else ""])  # fmt: skip
+        rows.append(["box confidence", g["localization"]["box_confidence"], "", ""])
+    if d:
+        auc = d["auc"]
+        rows.append(["macro AUC, global labels", _num(auc.get("macro"), 3) + _ci(metrics, "tasks.diagnosis.auc.macro", 1, 3),
+                     f"{auc.get('n_labels', 0)} labels", "VinDr team system: 0.967 (other 3,000-scan set)"])  # fmt: skip
+        for label in VINDR_GLOBAL_LABELS:
+            value = auc["labels"].get(label)
+            if label in auc.get("labels", {}):
+                rows.append([f"AUC {label}", _num(value, 3) + _ci(metrics, f"tasks.diagnosis.auc.labels.{label}", 1, 3), "", auc["unavailable"].get(label, "")])
+        if "all" in auc.get("unavailable", {}):
+            rows.append(["AUC", "unavailable", "", auc["unavailable"]["all"]])
+    e = tasks.get("existence")
+    if e:
+        rows.append(["MIMIC existence macro AUC", _num(e.get("macro_auc"), 3), f"{len(e['entities'])} entities", "MedKLIP: per-class AUC, thresholds tuned on test"])
+    if rows:
+        out += ["## Table 5 - Beyond the paper: detection mAP and label AUC", "", _table(["metric", "value", "n", "reference"], rows), ""]
+
+    # ---------------- Appendix
+    out += ["## Appendix", ""]
+    if g:
+        out += ["### Table 8 - Local labels (stage 1), strict protocol", "",
+                _classification_table(g["classification"]["strict"], VINDR_LOCAL_LABELS, metrics, "tasks.grounding.classification.strict"), "",
+                "### Table 9 - Local labels (stage 1), paper protocol ([C] substring matching)", "",
+                _classification_table(g["classification"]["paper"], VINDR_LOCAL_LABELS), ""]  # fmt: skip
+    if d:
+        out += ["### Table 10 - Global labels (stage 2), paper protocol", "",
+                _classification_table(d["classification"]["paper"], VINDR_GLOBAL_LABELS), ""]  # fmt: skip
+    if g:
+        maps = g["localization"]["map"]
+        labels = list(VINDR_LOCAL_LABELS) + [NO_FINDING]
+        rows = []
+        for label in labels:
+            cells = [maps[t][tax]["ap"].get(label) for t in ("0.4", "0.5") for tax in ("vindr22", "kaggle14")]
+            if all(c is None for c in cells):
+                continue
+            rows.append([label] + [_num(c, 3) if c is not None else "-" for c in cells])
+        out += ["### Table 11 - Average precision per label", "",
+                _table(["label", "AP@0.4 vindr22", "AP@0.4 kaggle14", "AP@0.5 vindr22", "AP@0.5 kaggle14"], rows), ""]  # fmt: skip
+        matched = g["localization"]["acc_iou"]["matched"]
+        rows = []
+        for label in VINDR_LOCAL_LABELS:
+            cells = [matched[t]["labels"].get(label) for t in ("0.3", "0.4", "0.5")]
+            if all(c is None for c in cells):
+                continue
+            rows.append([label] + [f"{_pct(c['precision'])} / {_pct(c['recall'])} / {_pct(c['f1'])}" if c else "-" for c in cells]
+                        + [str(cells[2]["tp"] + cells[2]["fn"]) if cells[2] else "-"])  # fmt: skip
+        out += ["### Table 12 - Matched localisation per label (P / R / F1)", "",
+                _table(["label", "IoU 0.3", "IoU 0.4", "IoU 0.5", "reference boxes"], rows), ""]  # fmt: skip
+    if e:
+        rows = [[entity, v["n"], v["positives"], _num(v.get("auc"), 3) + _ci(metrics, f"tasks.existence.entities.{entity}.auc", 1, 3),
+                 _pct(v["accuracy"]), _pct(v["greedy_precision"]), _pct(v["greedy_recall"]), _pct(v["greedy_f1"]), v["failures"]]
+                for entity, v in e["entities"].items()]  # fmt: skip
+        out += ["### Table 13 - MIMIC-CXR existence per entity (MedKLIP-style)", "",
+                _table(["entity", "n", "positives", "AUC", "ACC (greedy)", "P", "R", "F1", "parse failures"], rows), "",
+                (f"Overall accuracy {_pct(e['accuracy'])}{_ci(metrics, 'tasks.existence.accuracy', 100)}; "
+                 f"macro AUC {_num(e.get('macro_auc'), 3)}. Greedy answers are used as decisions (no threshold tuned on test)."), ""]  # fmt: skip
+    r = tasks.get("report")
+    if r:
+        values, unavailable = r["text"]["raw"]["values"], r["text"]["raw"]["unavailable"]
+        rows = [[name, _num(value) + _ci(metrics, f"tasks.report.text.raw.values.{name}")] for name, value in values.items()]
+        rows += [[name, f"unavailable: {reason}"] for name, reason in unavailable.items()]
+        out += ["### Table 13b - MIMIC-CXR report generation text metrics", "", _table(["metric", "value"], rows), ""]
+
+    if metrics.get("unavailable"):
+        out += ["## Unavailable metrics", "", "These could not be computed here; no number is reported for them.", ""]
+        out += [f"- `{key}`: {reason}" for key, reason in metrics["unavailable"].items()]
+        out.append("")
+    if figures:
+        out += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
+    return "\n".join(out)
+
+
+def _parse_section(metrics: Mapping[str, Any], max_ids: int = 50) -> str:
+    rows, lines = [], []
+    for task, entry in metrics.get("tasks", {}).items():
+        p = entry["parse"]
+        rows.append([task, p["n"], p["failures"], _pct(p["failure_rate"]), p["missing_predictions"], p["truncated"], p["contradictions"]])
+        if p["failed_ids"]:
+            listed = ", ".join(f"`{i}`" for i in p["failed_ids"][:max_ids])
+            more = f" (+{len(p['failed_ids']) - max_ids} more in metrics.json)" if len(p["failed_ids"]) > max_ids else ""
+            lines.append(f"- {task} failed ids: {listed}{more}")
+    skipped = metrics.get("counts", {}).get("skipped", {})
+    text = ["## Parsing", "", _table(["task", "answers", "parse failures", "failure %", "missing predictions", "truncated", "contradictions"], rows), ""]
+    text += lines
+    if skipped:
+        text += ["", "Skipped (counted, listed in metrics.json `counts.skipped_items`): " + ", ".join(f"{k}: {v}" for k, v in skipped.items())]
+    return "\n".join(text) + "\n"
+
+
+# ======================================================================================= figures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_label_pr_curves(y_true: np.ndarray, scores: np.ndarray, labels, path: str | os.PathLike, title: str) -> str | None:
+    """Per-label precision-recall curves of label confidences (sklearn's `precision_recall_curve`)."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    drawn = 0
+    for k, label in enumerate(labels):
+        if y_true[:, k].sum() == 0 or y_true[:, k].sum() == len(y_true):
+            continue
+        precision, recall, _ = precision_recall_curve(y_true[:, k], scores[:, k])
+        ap = average_precision_score(y_true[:, k], scores[:, k])
+        ax.step(recall, precision, where="post", label=f"{label} (AP {ap:.2f})")
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_detection_pr_curves(detections: Mapping[str, Any], path: str | os.PathLike, title: str, max_labels: int = 12) -> str | None:
+    """Detection PR curves (VOC flags) of the classes with reference boxes."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    drawn = 0
+    ranked = sorted(detections.items(), key=lambda kv: -float(kv[1].gt_per_image.sum()))
+    for label, det in ranked[:max_labels]:
+        n_gt = float(det.gt_per_image.sum())
+        if n_gt <= 0:
+            continue
+        order = np.argsort(-det.scores, kind="stable")
+        tp = np.cumsum(det.tp[order])
+        fp = np.cumsum(1 - det.tp[order])
+        if not len(tp):
+            recall, precision = np.array([0.0]), np.array([0.0])
+        else:
+            recall, precision = tp / n_gt, tp / np.maximum(tp + fp, 1e-12)
+        ax.plot(recall, precision, label=f"{label} (AP {det.ap():.2f}, n={int(n_gt)})")
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_box_overlay(row: Mapping[str, Any], path: str | os.PathLike, image: Any = None) -> str:
+    """Predicted (red, with confidence) and reference (green) boxes on the image (grey canvas without it)."""
+    plt = _plt()
+    from matplotlib.patches import Rectangle
+
+    width, height = row["ref"]["width"], row["ref"]["height"]
+    fig, ax = plt.subplots(figsize=(5, 5 * height / width))
+    if image is not None:
+        from processing_litegpt import load_image
+
+        pil = load_image(image).convert("L")
+        ax.imshow(np.asarray(pil), cmap="gray", extent=(0, width, height, 0))
+    else:
+        ax.imshow(np.full((8, 8), 0.5), cmap="gray", vmin=0, vmax=1, extent=(0, width, height, 0))
+        ax.text(width / 2, height / 2, "image not available", ha="center", va="center", color="white", fontsize=9)
+    for label, box in zip(row["ref"]["box_labels"], row["ref"]["boxes"]):
+        ax.add_patch(Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False, ec="lime", lw=1.5))
+        ax.text(box[0], box[3], label, color="lime", fontsize=6, va="top")
+    for f in row["findings"]:
+        box = f["box"]
+        ax.add_patch(Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False, ec="red", lw=1.2, ls="--"))
+        score = "" if f.get("score") is None else f" {f['score']:.2f}"
+        ax.text(box[0], box[1], f"{f['label']}{score}", color="red", fontsize=6, va="bottom")
+    status = "parse failure" if row["failed"] else ("No finding" if row["no_finding"] else f"{len(row['findings'])} boxes")
+    ax.set_title(f"{row['image_id']} - pred (red) vs reference (green) - {status}", fontsize=7)
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def make_figures(
+    extras: Mapping[str, Any], out_dir: str | os.PathLike, images: Mapping[str, Any] | None = None,
+    n_overlays: int = 8, seed: int = 0,
+) -> list[str]:
+    """Write the figures under `out_dir/figures/`; returns their paths relative to `out_dir`."""
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    diag = extras.get("diagnosis", {})
+    if "scores" in diag:
+        p = plot_label_pr_curves(diag["y_true"], diag["scores"], VINDR_GLOBAL_LABELS, fig_dir / "pr_global_labels.png",
+                                 "Global labels: PR curves of label confidences")  # fmt: skip
+        if p:
+            written.append(p)
+    ground = extras.get("grounding", {})
+    for t, detections in ground.get("pr_detections", {}).items():
+        p = plot_detection_pr_curves(detections, fig_dir / f"pr_local_detection_iou{t}.png", f"Local labels: detection PR at IoU > {t}")
+        if p:
+            written.append(p)
+    rows = ground.get("rows", [])
+    if rows and n_overlays:
+        images = images or {}
+        with_boxes = [r for r in rows if r["ref"]["boxes"] or r["findings"]]
+        pool = sorted(with_boxes or rows, key=lambda r: r["id"])
+        rng = np.random.default_rng(seed)
+        chosen = [pool[k] for k in sorted(rng.choice(len(pool), size=min(n_overlays, len(pool)), replace=False))]
+        overlay_dir = fig_dir / "box_overlays"
+        overlay_dir.mkdir(exist_ok=True)
+        for row in chosen:
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in row["id"])
+            written.append(plot_box_overlay(row, overlay_dir / f"{safe}.png", images.get(row["id"])))
+    return [os.path.relpath(p, out_dir) for p in written]
+
+
+__all__ = [
+    "PAPER_NUMBERS",
+    "make_figures",
+    "plot_box_overlay",
+    "plot_detection_pr_curves",
+    "plot_label_pr_curves",
+    "render_report",
+    "write_metrics_json",
+]

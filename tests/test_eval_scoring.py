@@ -1,0 +1,113 @@
+"""Scoring from predictions files: bad input (empty, duplicates, unknown ids, missing references), existence AUC."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import eval as eval_cli
+from litegpt_eval.records import PredictionsError, load_records, repair_partial_tail
+from litegpt_eval.scoring import lookup, score_records
+from processing_litegpt import format_diagnosis_answer
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def diag(rid, labels, text=None):
+    return {"id": rid, "task": "diagnosis", "text": text or format_diagnosis_answer(labels),
+            "reference": {"global_labels": labels}}
+
+
+def test_empty_and_malformed_files_are_clear_errors(tmp_path):
+    with pytest.raises(PredictionsError, match="no prediction records"):
+        load_records(write_jsonl(tmp_path / "empty.jsonl", []))
+    (tmp_path / "bad.jsonl").write_text('{"id": "a", "task": "diagnosis", "text": "x"}\nnot json\n')
+    with pytest.raises(PredictionsError, match=r"bad.jsonl:2: not valid JSON"):
+        load_records(tmp_path / "bad.jsonl")
+    with pytest.raises(PredictionsError, match="unknown task"):
+        load_records(write_jsonl(tmp_path / "t.jsonl", [{"id": "a", "task": "detect", "text": ""}]))
+    with pytest.raises(PredictionsError, match="not found"):
+        load_records(tmp_path / "missing.jsonl")
+    assert eval_cli.main(["--predictions", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_duplicated_ids_raise_or_are_counted(tmp_path):
+    path = write_jsonl(tmp_path / "dup.jsonl", [diag("a", ["COPD"]), diag("a", ["COPD"], "x"), diag("b", ["COPD"])])
+    with pytest.raises(PredictionsError, match="duplicated ids: diagnosis:a"):
+        load_records(path)
+    records, skipped = load_records(path, on_duplicate="first")
+    assert [r["id"] for r in records] == ["a", "b"] and skipped["duplicate_id"] == 1
+    assert skipped["items"][0]["line"] == 2
+
+
+def test_unknown_ids_missing_predictions_and_missing_references(tmp_path):
+    preds = write_jsonl(tmp_path / "p.jsonl", [
+        {"id": "a", "task": "diagnosis", "text": format_diagnosis_answer(["COPD"])},
+        {"id": "zzz", "task": "diagnosis", "text": format_diagnosis_answer(["COPD"])},
+    ])  # fmt: skip
+    refs = write_jsonl(tmp_path / "r.jsonl", [
+        {"id": "a", "task": "diagnosis", "reference": {"global_labels": ["COPD"]}},
+        {"id": "b", "task": "diagnosis", "reference": {"global_labels": ["Pneumonia"]}},
+    ])  # fmt: skip
+    out = tmp_path / "out"
+    assert eval_cli.main(["--predictions", str(preds), "--references", str(refs), "--out", str(out), "--bootstrap", "0",
+                          "--no_figures", "--no_progress"]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["counts"]["skipped"] == {"unknown_id": 1, "missing_prediction": 1}
+    reasons = {item["id"]: item["reason"] for item in metrics["counts"]["skipped_items"]}
+    assert reasons["zzz"] == "unknown_id" and reasons["b"].startswith("missing_prediction")
+    diag_metrics = metrics["tasks"]["diagnosis"]
+    assert diag_metrics["n"] == 2 and diag_metrics["parse"]["missing_predictions"] == 1  # scored, not dropped
+    assert diag_metrics["classification"]["strict"]["labels"]["Pneumonia"]["recall"] == 0.0
+    # records without any reference: counted skip; nothing to score at all: clear error
+    metrics, _ = score_records([{"id": "x", "task": "diagnosis", "text": "t"}, diag("a", ["COPD"])], bootstrap=0)
+    assert metrics["counts"]["skipped"]["missing_reference"] == 1
+    with pytest.raises(PredictionsError, match="no record has a reference"):
+        score_records([{"id": "x", "task": "diagnosis", "text": "t"}], bootstrap=0)
+
+
+def test_repair_partial_tail(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": 1}\n{"id": 2}\n{"id"')
+    assert repair_partial_tail(path) == len('{"id"')
+    assert path.read_text() == '{"id": 1}\n{"id": 2}\n'
+    path.write_text('{"id": 1}\n{"id": 2, bad}\n')
+    repair_partial_tail(path)
+    assert path.read_text() == '{"id": 1}\n'
+
+
+def test_existence_per_entity_auc_accuracy_and_intervals():
+    rows = []
+    for k, (label, p_yes, text) in enumerate([(1, 0.9, "Yes"), (1, 0.6, "No"), (0, 0.2, "No"), (0, 0.7, "Yes"), (1, 0.8, "maybe")]):
+        rows.append({"id": f"s{k}:effusion", "task": "existence", "text": text, "scores": {"yes": p_yes},
+                     "reference": {"entity": "effusion", "label": label}})  # fmt: skip
+    rows.append({"id": "s9:opacity", "task": "existence", "text": "Yes", "scores": {"yes": 0.5},
+                 "reference": {"entity": "opacity", "label": 1}})  # fmt: skip
+    metrics, _ = score_records(rows, bootstrap=50)
+    ex = metrics["tasks"]["existence"]
+    eff = ex["entities"]["effusion"]
+    # positives 0.9, 0.6, 0.8 vs negatives 0.2, 0.7: 5 of 6 pairs ordered -> AUC 5/6
+    assert eff["auc"] == pytest.approx(5 / 6)
+    assert eff["accuracy"] == pytest.approx(2 / 5) and eff["failures"] == 1  # "maybe" = failure = answered No
+    assert ex["entities"]["opacity"]["auc"] is None  # one class only: AUC undefined, not a number
+    assert ex["parse"]["failed_ids"] == ["s4:effusion"]
+    assert "tasks.existence.entities.effusion.auc" in metrics["confidence_intervals"]
+    assert lookup(metrics, "tasks.existence.entities.effusion.auc") == pytest.approx(5 / 6)
+
+
+def test_diagnosis_auc_from_label_scores_and_unavailable_without():
+    base = [diag("a", ["COPD"]), diag("b", ["No finding"]), diag("c", ["COPD", "Pneumonia"])]
+    metrics, _ = score_records(base, bootstrap=0)
+    assert metrics["tasks"]["diagnosis"]["auc"]["macro"] is None
+    assert "tasks.diagnosis.auc.all" in metrics["unavailable"]
+    for record, copd in zip(base, (0.9, 0.1, 0.6)):
+        record["scores"] = {"labels": {"COPD": copd, "Lung tumor": 0.1, "Pneumonia": 0.3 if record["id"] != "c" else 0.8,
+                                       "Tuberculosis": 0.1, "Other diseases": 0.1, "No finding": 1 - copd}}  # fmt: skip
+    metrics, _ = score_records(base, bootstrap=0)
+    auc = metrics["tasks"]["diagnosis"]["auc"]
+    assert auc["labels"]["COPD"] == 1.0 and auc["labels"]["Pneumonia"] == 1.0 and auc["labels"]["No finding"] == 1.0
+    assert auc["labels"]["Tuberculosis"] is None and "only one class" in auc["unavailable"]["Tuberculosis"]
