@@ -98,7 +98,7 @@ def stage_costs(files: list[str], max_side: int = 1024, level: int = 1) -> dict[
     """Mean ms per image of decode, dicom_to_uint8 (beyond decode) and PNG encoding."""
     import pydicom
 
-    from datasets_scripts.vindr_cxr import encode_png
+    from datasets_scripts.common import encode_png
     from processing_litegpt import dicom_to_uint8
 
     decode = convert = png = 0.0

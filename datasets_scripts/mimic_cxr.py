@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
@@ -97,6 +96,7 @@ except ImportError:  # pragma: no cover - older layouts
     from datasets.exceptions import DatasetGenerationError
 
 from processing_litegpt import (
+    CHEXPERT_LABELS,
     DEFAULT_TASK_TOKENS,
     WINDOWING_MODES,
     completion_messages,
@@ -106,38 +106,21 @@ from processing_litegpt import (
     read_dicom,
 )
 
-try:
-    from .common import SkipLog, run_builder_cli
-    from .mimic_reports import (
-        ABSENT,
-        ENTITIES,
-        ENTITY_CHEXPERT_COLUMN,
-        PRESENT,
-        REPORT_SECTION_CHOICES,
-        UNCERTAIN,
-        chexpert_value,
-        extract_triplets,
-        labeling_text,
-        parse_sections,
-        report_target,
-        study_labels,
-    )
-except ImportError:  # run as a plain module
-    from datasets_scripts.common import SkipLog, run_builder_cli
-    from datasets_scripts.mimic_reports import (
-        ABSENT,
-        ENTITIES,
-        ENTITY_CHEXPERT_COLUMN,
-        PRESENT,
-        REPORT_SECTION_CHOICES,
-        UNCERTAIN,
-        chexpert_value,
-        extract_triplets,
-        labeling_text,
-        parse_sections,
-        report_target,
-        study_labels,
-    )
+from datasets_scripts.common import PreparationLogMixin, SkipLog, encode_png, input_error_cause, run_builder_cli
+from datasets_scripts.mimic_reports import (
+    ABSENT,
+    ENTITIES,
+    ENTITY_CHEXPERT_COLUMN,
+    PRESENT,
+    REPORT_SECTION_CHOICES,
+    UNCERTAIN,
+    chexpert_value,
+    extract_triplets,
+    labeling_text,
+    parse_sections,
+    report_target,
+    study_labels,
+)
 
 __all__ = [
     "MIMICCXR",
@@ -168,10 +151,6 @@ SPLIT_ORDER = ("train", "validation", "test")
 # view preference when `views` is "all" (otherwise the order of `views`): frontal first, PA before AP
 _DEFAULT_VIEW_ORDER = ("PA", "AP", "LATERAL", "LL")
 
-CHEXPERT_LABELS = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion",
-    "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices",
-)
 CSV_NAMES = {
     "metadata": "mimic-cxr-2.0.0-metadata",
     "split": "mimic-cxr-2.0.0-split",
@@ -649,20 +628,6 @@ def read_labels(path: Path) -> dict[tuple[str, str], dict[str, int | None]]:
 # ======================================================================================================= images
 
 
-def _encode_png(array: np.ndarray, max_side: int | None, compress_level: int) -> bytes:
-    from PIL import Image
-
-    image = Image.fromarray(np.ascontiguousarray(array))
-    width, height = image.size
-    if max_side and max(width, height) > max_side:
-        scale = max_side / max(width, height)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=int(compress_level))
-    return buffer.getvalue()
-
-
 def _read_jpg(path: str) -> np.ndarray:
     from PIL import Image
 
@@ -689,7 +654,7 @@ def convert_image(path: str, image_format: str, windowing: str = "window", max_s
             array = _read_jpg(path)
         if array.ndim not in (2, 3) or array.shape[0] == 0 or array.shape[1] == 0:
             raise ValueError(f"unexpected pixel array shape {array.shape}")
-        png = _encode_png(array, max_side, compress_level)
+        png, _ = encode_png(array, max_side, compress_level)
     except MIMICImageError:
         raise
     except Exception as err:  # DicomReadError, OSError (missing/truncated), PIL errors...
@@ -1122,7 +1087,7 @@ def _source_fingerprint(data_dir: str | None) -> str:
     return digest.hexdigest()[:16]
 
 
-class MIMICCXR(datasets.GeneratorBasedBuilder):
+class MIMICCXR(PreparationLogMixin, datasets.GeneratorBasedBuilder):
     """MIMIC-CXR / MIMIC-CXR-JPG builder (see the module docstring and `MIMICCXRConfig` for every setting)."""
 
     VERSION = datasets.Version("1.0.0")
@@ -1133,6 +1098,7 @@ class MIMICCXR(datasets.GeneratorBasedBuilder):
         MIMICCXRConfig(name="report", version=VERSION, description="Findings (else impression) generation."),
         MIMICCXRConfig(name="existence", version=VERSION, description="Yes/no existence of six entities."),
     ]
+    preprocessing_log_name = PREPROCESSING_LOG
     DEFAULT_CONFIG_NAME = "report"
     CARD_TITLE = "MIMIC-CXR for LiteGPT-CXR"
     DEFAULT_WRITER_BATCH_SIZE = 100  # rows carry PNGs
@@ -1156,30 +1122,6 @@ class MIMICCXR(datasets.GeneratorBasedBuilder):
             ),
         )
 
-    # ----------------------------------------------------------------------------------------------- results
-    @property
-    def settings(self) -> dict[str, Any]:
-        return self.config.settings()
-
-    @property
-    def preprocessing_log(self) -> dict[str, Any]:
-        """`{"settings", "layout", "counts", "skipped", "rows"}` of the last preparation (read back from the cache)."""
-        if self._log is None:
-            path = os.path.join(self._output_dir, PREPROCESSING_LOG)
-            if os.path.isfile(path):
-                with open(path, encoding="utf-8") as handle:
-                    self._log = json.load(handle)
-        return self._log or {}
-
-    @property
-    def counts(self) -> dict[str, Any]:
-        return self.preprocessing_log.get("counts", {})
-
-    @property
-    def skipped(self) -> dict[str, Any]:
-        """`SkipLog.summary()` of everything skipped: `{reason: count, "items": [{"item", "reason"}, ...]}`."""
-        return self.preprocessing_log.get("skipped", SkipLog().summary())
-
     # ----------------------------------------------------------------------------------------------- prepare
     def download_and_prepare(self, *args, **kwargs):
         """`datasets`' download_and_prepare (atomic: `.incomplete` folder renamed on success) with the input error
@@ -1187,9 +1129,7 @@ class MIMICCXR(datasets.GeneratorBasedBuilder):
         try:
             return super().download_and_prepare(*args, **kwargs)
         except DatasetGenerationError as err:
-            cause = err.__cause__
-            while cause is not None and not isinstance(cause, (MIMICDataError, FileNotFoundError)):
-                cause = cause.__cause__
+            cause = input_error_cause(err, (MIMICDataError, FileNotFoundError))
             if cause is None:
                 raise
             if isinstance(cause, MIMICImageError):

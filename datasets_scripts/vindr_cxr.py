@@ -59,14 +59,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import math
 import os
-import struct
 import sys
-import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -102,10 +99,7 @@ from processing_litegpt import (
     read_dicom,
 )
 
-try:
-    from .common import SkipLog, run_builder_cli
-except ImportError:  # run as a plain module
-    from datasets_scripts.common import SkipLog, run_builder_cli
+from datasets_scripts.common import PreparationLogMixin, SkipLog, encode_png, input_error_cause, run_builder_cli
 
 __all__ = [
     "CONFIG_NAMES",
@@ -617,55 +611,6 @@ def _read_size(path: Path) -> tuple[int, int]:
     return columns, rows
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
-
-
-def grey_png_bytes(array: np.ndarray, compress_level: int = 1) -> bytes:
-    """8-bit greyscale PNG of a 2D uint8 array (standard PNG, decoded by any reader).
-
-    Every row uses PNG filter type 3 (Average), computed with numpy, then zlib: level 0 stores, level 1 uses the
-    run-length strategy (`Z_RLE`: on filtered radiographs about as small as full deflate and several times faster),
-    levels 2-9 full deflate. Pillow's encoder spends most of its time choosing a filter per row (~3-5x slower at equal
-    size on 1024 px images), which made it the bottleneck of the conversion.
-    """
-    array = np.ascontiguousarray(array)
-    if array.dtype != np.uint8 or array.ndim != 2:
-        raise ValueError(f"grey_png_bytes expects a 2D uint8 array, got {array.dtype} {array.shape}")
-    height, width = array.shape
-    left = np.zeros_like(array)
-    left[:, 1:] = array[:, :-1]
-    up = np.zeros_like(array)
-    up[1:] = array[:-1]
-    rows = np.empty((height, width + 1), dtype=np.uint8)
-    rows[:, 0] = 3  # filter type: Average
-    np.subtract(array, ((left.astype(np.uint16) + up) >> 1).astype(np.uint8), out=rows[:, 1:])
-    level = int(compress_level)
-    strategy = zlib.Z_RLE if level == 1 else zlib.Z_DEFAULT_STRATEGY
-    compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 8, strategy)
-    data = compressor.compress(rows.data) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale, deflate, no interlace
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
-
-
-def encode_png(array: np.ndarray, max_side: int | None, compress_level: int):
-    """uint8 array -> (PNG bytes, stored (width, height)), downscaled so the longest side is <= `max_side`
-    (Lanczos). Greyscale goes through `grey_png_bytes`; colour through Pillow."""
-    from PIL import Image
-
-    array = np.ascontiguousarray(array)
-    height, width = array.shape[:2]
-    if max_side and max(width, height) > max_side:
-        scale = max_side / max(width, height)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        array = np.asarray(Image.fromarray(array).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))
-    if array.ndim == 2:
-        return grey_png_bytes(array, compress_level), (array.shape[1], array.shape[0])
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=int(compress_level))
-    return buffer.getvalue(), (array.shape[1], array.shape[0])
-
-
 def convert_dicom(
     path: str | os.PathLike,
     windowing: str,
@@ -767,7 +712,7 @@ def _source_fingerprint(data_dir: str | None) -> str:
     return digest.hexdigest()[:16]
 
 
-class VinDrCXR(datasets.GeneratorBasedBuilder):
+class VinDrCXR(PreparationLogMixin, datasets.GeneratorBasedBuilder):
     """VinDr-CXR builder (see the module docstring and `VinDrCXRConfig` for every setting)."""
 
     VERSION = datasets.Version("1.0.0")
@@ -778,6 +723,7 @@ class VinDrCXR(datasets.GeneratorBasedBuilder):
         VinDrCXRConfig(name="grounding", version=VERSION, description="Stage 1: findings with 0-100 grid boxes."),
         VinDrCXRConfig(name="diagnosis", version=VERSION, description="Stage 2: global diseases."),
     ]
+    preprocessing_log_name = PREPROCESSING_LOG
     DEFAULT_CONFIG_NAME = "grounding"
     CARD_TITLE = "VinDr-CXR for LiteGPT-CXR"
     DEFAULT_WRITER_BATCH_SIZE = 100  # rows carry ~1 MB PNGs
@@ -809,30 +755,6 @@ class VinDrCXR(datasets.GeneratorBasedBuilder):
             ),
         )
 
-    # ----------------------------------------------------------------------------------------------- results
-    @property
-    def settings(self) -> dict[str, Any]:
-        return self.config.settings()
-
-    @property
-    def preprocessing_log(self) -> dict[str, Any]:
-        """`{"settings", "counts", "skipped", "dropped"}` of the last preparation (read back from the cache)."""
-        if self._log is None:
-            path = os.path.join(self._output_dir, PREPROCESSING_LOG)
-            if os.path.isfile(path):
-                with open(path, encoding="utf-8") as handle:
-                    self._log = json.load(handle)
-        return self._log or {}
-
-    @property
-    def counts(self) -> dict[str, Any]:
-        return self.preprocessing_log.get("counts", {})
-
-    @property
-    def skipped(self) -> dict[str, Any]:
-        """`SkipLog.summary()` of everything skipped: `{reason: count, "items": [{"item", "reason"}, ...]}`."""
-        return self.preprocessing_log.get("skipped", SkipLog().summary())
-
     # ----------------------------------------------------------------------------------------------- prepare
     def download_and_prepare(self, *args, **kwargs):
         """`datasets`' download_and_prepare (atomic: `.incomplete` folder renamed on success) with the input error
@@ -840,9 +762,7 @@ class VinDrCXR(datasets.GeneratorBasedBuilder):
         try:
             return super().download_and_prepare(*args, **kwargs)
         except DatasetGenerationError as err:
-            cause = err.__cause__
-            while cause is not None and not isinstance(cause, (DicomReadError, VinDrDataError, FileNotFoundError)):
-                cause = cause.__cause__
+            cause = input_error_cause(err, (DicomReadError, VinDrDataError, FileNotFoundError))
             if cause is None:
                 raise
             raise type(cause)(f"{cause} (nothing was written to the cache)") from err

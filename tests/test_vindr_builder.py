@@ -26,13 +26,13 @@ from PIL import Image
 
 from datasets_scripts.common import SkipLog, export_parquet, push_to_hub, run_builder_cli
 from datasets_scripts.synthetic import generate
+from datasets_scripts.common import grey_png_bytes
 from datasets_scripts.vindr_cxr import (
     PREPROCESSING_LOG,
     VinDrCXR,
     VinDrDataError,
     dedup_boxes,
     fuse_labels,
-    grey_png_bytes,
     is_validation_image,
     resolve_no_finding,
 )
