@@ -43,6 +43,7 @@ import numpy as np
 __all__ = [
     "PreparationLogMixin",
     "SkipLog",
+    "check_choices",
     "encode_png",
     "export_parquet",
     "grey_png_bytes",
@@ -543,6 +544,60 @@ class PreparationLogMixin:
     def skipped(self) -> dict[str, Any]:
         """`SkipLog.summary()` of everything skipped: `{reason: count, "items": [{"item", "reason"}, ...]}`."""
         return self.preprocessing_log.get("skipped", SkipLog().summary())
+
+    # Worker processes cannot share a SkipLog: each skipped image is written as one JSON file in
+    # `worker_skips_dirname` under the cache folder and merged, in a deterministic order, once preparation ends.
+    worker_skips_dirname: str = "_skips"
+
+    def _record_worker_skip(self, entry: dict[str, Any]) -> None:
+        """Write one skip (`split`, `index`, `item`, `reason`, ...) from a worker process."""
+        skip_dir = Path(self._output_dir) / self.worker_skips_dirname
+        skip_dir.mkdir(parents=True, exist_ok=True)
+        with open(skip_dir / f"{entry['split']}-{entry['index']:08d}.json", "w", encoding="utf-8") as handle:
+            json.dump(entry, handle)
+
+    def _collect_worker_skips(self, split_order: tuple[str, ...]) -> list[dict[str, Any]]:
+        """The workers' skips, sorted by split then item index; their folder is removed."""
+        skip_dir = Path(self._output_dir) / self.worker_skips_dirname
+        if not skip_dir.is_dir():
+            return []
+        entries = []
+        for path in sorted(skip_dir.glob("*.json")):
+            with open(path, encoding="utf-8") as handle:
+                entries.append(json.load(handle))
+            path.unlink()
+        skip_dir.rmdir()
+        return sorted(entries, key=lambda e: (split_order.index(e["split"]), e["index"]))
+
+    def _finish_preprocessing_log(
+        self, skips: SkipLog, worker_skips: list[dict[str, Any]], extra_counts: dict[str, Any], title: str
+    ) -> dict[str, Any]:
+        """Merge plan and worker skips, row counts and `extra_counts` into the log; write it to the cache folder
+        and into `info.description` (so it survives cache reuse)."""
+        for entry in worker_skips:
+            skips.extend({"items": [{"item": entry["item"], "reason": entry["reason"]}]})
+        log = dict(self._log or {})
+        log["skipped"] = skips.summary()
+        log["rows"] = {name: split.num_examples for name, split in (self.info.splits or {}).items()}
+        log.setdefault("counts", {}).update(extra_counts)
+        self._log = log
+        with open(Path(self._output_dir) / self.preprocessing_log_name, "w", encoding="utf-8") as handle:
+            json.dump(log, handle, indent=1, default=str)
+            handle.write("\n")
+        self.info.description = (
+            f"{title} for LiteGPT-CXR. Preprocessing log (settings, counts, rows):\n"
+            + json.dumps({k: log.get(k) for k in ("settings", "counts", "rows")}, default=str)
+            + "\nskipped: "
+            + json.dumps(log["skipped"])
+        )
+        return log
+
+
+def check_choices(owner: str, settings: Any, choices: Mapping[str, Iterable[Any]]) -> None:
+    """Raise `ValueError` naming the first setting of `settings` whose value is not among its allowed choices."""
+    for key, allowed in choices.items():
+        if getattr(settings, key) not in allowed:
+            raise ValueError(f"{owner}.{key} must be one of {allowed}, got {getattr(settings, key)!r}")
 
 
 def input_error_cause(err: BaseException, error_types: tuple[type[BaseException], ...]) -> BaseException | None:

@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import re
@@ -106,7 +105,14 @@ from processing_litegpt import (
     read_dicom,
 )
 
-from datasets_scripts.common import PreparationLogMixin, SkipLog, encode_png, input_error_cause, run_builder_cli
+from datasets_scripts.common import (
+    PreparationLogMixin,
+    SkipLog,
+    check_choices,
+    encode_png,
+    input_error_cause,
+    run_builder_cli,
+)
 from datasets_scripts.mimic_reports import (
     ABSENT,
     ENTITIES,
@@ -159,7 +165,6 @@ CSV_NAMES = {
 }
 REPORTS_ARCHIVES = ("mimic-cxr-reports.zip",)
 PREPROCESSING_LOG = "mimic_preprocessing.json"
-_SKIP_DIR = "_mimic_skips"
 _METADATA_OPTIONAL = (
     "StudyDate", "StudyTime", "PerformedProcedureStepDescription", "ViewCodeSequence_CodeMeaning",
     "PatientOrientationCodeSequence_CodeMeaning",
@@ -269,9 +274,7 @@ class MIMICCXRConfig(datasets.BuilderConfig):
             "on_bad_image": BAD_IMAGE_POLICIES,
             "on_bad_report": BAD_REPORT_POLICIES,
         }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"MIMICCXRConfig.{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        check_choices("MIMICCXRConfig", self, choices)
         if self.name not in CONFIG_NAMES:
             raise ValueError(f"unknown MIMIC-CXR config {self.name!r}; expected one of {CONFIG_NAMES}")
         views = self.views
@@ -1099,6 +1102,7 @@ class MIMICCXR(PreparationLogMixin, datasets.GeneratorBasedBuilder):
         MIMICCXRConfig(name="existence", version=VERSION, description="Yes/no existence of six entities."),
     ]
     preprocessing_log_name = PREPROCESSING_LOG
+    worker_skips_dirname = "_mimic_skips"
     DEFAULT_CONFIG_NAME = "report"
     CARD_TITLE = "MIMIC-CXR for LiteGPT-CXR"
     DEFAULT_WRITER_BATCH_SIZE = 100  # rows carry PNGs
@@ -1155,35 +1159,13 @@ class MIMICCXR(PreparationLogMixin, datasets.GeneratorBasedBuilder):
 
     def _download_and_prepare(self, dl_manager, verification_mode, **prepare_splits_kwargs):
         super()._download_and_prepare(dl_manager, verification_mode, **prepare_splits_kwargs)
-        # Merge the per-image skips written by the workers (deterministic: split order, then item index).
         skips = SkipLog.from_summary(self._plan_skips, name="mimic")
-        skip_dir = Path(self._output_dir) / _SKIP_DIR
-        image_skips = []
-        if skip_dir.is_dir():
-            for path in sorted(skip_dir.glob("*.json")):
-                with open(path, encoding="utf-8") as handle:
-                    image_skips.append(json.load(handle))
-            for entry in sorted(image_skips, key=lambda e: (SPLIT_ORDER.index(e["split"]), e["index"])):
-                skips.extend({"items": [{"item": entry["item"], "reason": entry["reason"]}]})
-            for path in skip_dir.glob("*.json"):
-                path.unlink()
-            skip_dir.rmdir()
-        log = dict(self._log or {})
-        log["skipped"] = skips.summary()
-        log["rows"] = {name: split.num_examples for name, split in (self.info.splits or {}).items()}
-        counts = log.setdefault("counts", {})
-        counts["images_skipped_unreadable"] = len(image_skips)
-        counts["rows_dropped_with_skipped_images"] = sum(e.get("rows", 0) for e in image_skips)
-        self._log = log
-        with open(Path(self._output_dir) / PREPROCESSING_LOG, "w", encoding="utf-8") as handle:
-            json.dump(log, handle, indent=1, default=str)
-            handle.write("\n")
-        self.info.description = (
-            f"MIMIC-CXR ({self.config.name}) for LiteGPT-CXR. Preprocessing log (settings, counts, rows):\n"
-            + json.dumps({k: log.get(k) for k in ("settings", "counts", "rows")}, default=str)
-            + "\nskipped: "
-            + json.dumps(log["skipped"])
-        )
+        image_skips = self._collect_worker_skips(SPLIT_ORDER)
+        extra_counts = {
+            "images_skipped_unreadable": len(image_skips),
+            "rows_dropped_with_skipped_images": sum(e.get("rows", 0) for e in image_skips),
+        }
+        log = self._finish_preprocessing_log(skips, image_skips, extra_counts, f"MIMIC-CXR ({self.config.name})")
         logger.info("MIMIC-CXR %s rows: %s; skipped: %s", self.config.name, log["rows"], skips.counts())
 
     def _generate_examples(self, items: list[dict], split: str) -> Iterator[tuple[str, dict]]:
@@ -1211,11 +1193,9 @@ class MIMICCXR(PreparationLogMixin, datasets.GeneratorBasedBuilder):
 
     def _record_image_skip(self, split: str, item: dict, message: str, reason: str) -> None:
         logger.warning("[mimic] skipped %s: %s (%s)", item["path"], reason, message)
-        skip_dir = Path(self._output_dir) / _SKIP_DIR
-        skip_dir.mkdir(parents=True, exist_ok=True)
-        entry = {"split": split, "index": item["index"], "item": message, "reason": reason, "rows": len(item["rows"])}
-        with open(skip_dir / f"{split}-{item['index']:08d}.json", "w", encoding="utf-8") as handle:
-            json.dump(entry, handle)
+        self._record_worker_skip(
+            {"split": split, "index": item["index"], "item": message, "reason": reason, "rows": len(item["rows"])}
+        )
 
 
 # ======================================================================================================= CLI

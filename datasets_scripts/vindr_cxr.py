@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -99,7 +98,14 @@ from processing_litegpt import (
     read_dicom,
 )
 
-from datasets_scripts.common import PreparationLogMixin, SkipLog, encode_png, input_error_cause, run_builder_cli
+from datasets_scripts.common import (
+    PreparationLogMixin,
+    SkipLog,
+    check_choices,
+    encode_png,
+    input_error_cause,
+    run_builder_cli,
+)
 
 __all__ = [
     "CONFIG_NAMES",
@@ -120,7 +126,6 @@ logger = logging.getLogger("datasets_scripts.vindr_cxr")
 CONFIG_NAMES = ("raw", "labels", "grounding", "diagnosis")
 SPLITS = ("train", "test")
 PREPROCESSING_LOG = "vindr_preprocessing.json"
-_SKIP_DIR = "_vindr_skips"
 
 # Kaggle VinBigData's 14 classes (DESIGN §3; mapped by name): the VinDr local labels minus the 8 it lacks.
 KAGGLE14_MISSING = (
@@ -230,9 +235,7 @@ class VinDrCXRConfig(datasets.BuilderConfig):
             "on_bad_row": BAD_ROW_POLICIES,
             "on_bad_image": BAD_IMAGE_POLICIES,
         }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"VinDrCXRConfig.{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        check_choices("VinDrCXRConfig", self, choices)
         if self.name not in CONFIG_NAMES:
             raise ValueError(f"unknown VinDr config {self.name!r}; expected one of {CONFIG_NAMES}")
         if not 0.0 <= float(self.dedup_iou) < 1.0:
@@ -724,6 +727,7 @@ class VinDrCXR(PreparationLogMixin, datasets.GeneratorBasedBuilder):
         VinDrCXRConfig(name="diagnosis", version=VERSION, description="Stage 2: global diseases."),
     ]
     preprocessing_log_name = PREPROCESSING_LOG
+    worker_skips_dirname = "_vindr_skips"
     DEFAULT_CONFIG_NAME = "grounding"
     CARD_TITLE = "VinDr-CXR for LiteGPT-CXR"
     DEFAULT_WRITER_BATCH_SIZE = 100  # rows carry ~1 MB PNGs
@@ -791,34 +795,10 @@ class VinDrCXR(PreparationLogMixin, datasets.GeneratorBasedBuilder):
 
     def _download_and_prepare(self, dl_manager, verification_mode, **prepare_splits_kwargs):
         super()._download_and_prepare(dl_manager, verification_mode, **prepare_splits_kwargs)
-        # Merge the per-image skips written by the workers (deterministic: sorted by split and item index).
         skips = SkipLog.from_summary(self._plan_skips, name="vindr")
-        skip_dir = Path(self._output_dir) / _SKIP_DIR
-        decode_skips = []
-        if skip_dir.is_dir():
-            for path in sorted(skip_dir.glob("*.json")):
-                with open(path, encoding="utf-8") as handle:
-                    decode_skips.append(json.load(handle))
-            for entry in sorted(
-                decode_skips, key=lambda e: (("train", "validation", "test").index(e["split"]), e["index"])
-            ):
-                skips.extend({"items": [{"item": entry["item"], "reason": entry["reason"]}]})
-            for path in skip_dir.glob("*.json"):
-                path.unlink()
-            skip_dir.rmdir()
-        log = dict(self._log or {})
-        log["skipped"] = skips.summary()
-        log["rows"] = {name: split.num_examples for name, split in (self.info.splits or {}).items()}
-        log.setdefault("counts", {})["decode_skipped"] = len(decode_skips)
-        self._log = log
-        with open(Path(self._output_dir) / PREPROCESSING_LOG, "w", encoding="utf-8") as handle:
-            json.dump(log, handle, indent=1)
-            handle.write("\n")
-        self.info.description = (
-            f"VinDr-CXR ({self.config.name}) for LiteGPT-CXR. Preprocessing log (settings, counts, skipped):\n"
-            + json.dumps({k: log[k] for k in ("settings", "counts", "rows")}, sort_keys=False)
-            + "\nskipped: "
-            + json.dumps(log["skipped"])
+        decode_skips = self._collect_worker_skips(("train", "validation", "test"))
+        log = self._finish_preprocessing_log(
+            skips, decode_skips, {"decode_skipped": len(decode_skips)}, f"VinDr-CXR ({self.config.name})"
         )
         logger.info("VinDr %s rows: %s; skipped: %s", self.config.name, log["rows"], skips.counts())
 
@@ -850,11 +830,9 @@ class VinDrCXR(PreparationLogMixin, datasets.GeneratorBasedBuilder):
 
     def _record_decode_skip(self, split: str, item: dict, message: str) -> None:
         logger.warning("[vindr] skipped %s: dicom_decode_failed (%s)", item["path"], message)
-        skip_dir = Path(self._output_dir) / _SKIP_DIR
-        skip_dir.mkdir(parents=True, exist_ok=True)
-        entry = {"split": split, "index": item["index"], "item": message, "reason": "dicom_decode_failed"}
-        with open(skip_dir / f"{split}-{item['index']:08d}.json", "w", encoding="utf-8") as handle:
-            json.dump(entry, handle)
+        self._record_worker_skip(
+            {"split": split, "index": item["index"], "item": message, "reason": "dicom_decode_failed"}
+        )
 
 
 # ======================================================================================================= plan
