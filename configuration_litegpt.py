@@ -129,6 +129,17 @@ def tiny_vision_encoders(image_size: int = 32, hidden_size: int = 32) -> list[di
     ]
 
 
+def small_vision_encoders(image_size: int = 128, hidden_size: int = 192, depth: int = 2) -> list[dict[str, Any]]:
+    """The paper's two architectures (timm ViT/16 + CLIP ViT/32, concatenated, grouped by 5), narrow, shallow and at
+    128 px: 64 + 16 = 80 patch tokens -> 16 visual tokens of 960. The CPU preset's encoders: a third of the paper's
+    49 visual tokens keeps CPU training affordable (random weights unless converted; frozen like the paper's)."""
+    heads = max(1, hidden_size // 64)
+    return [
+        vision_encoder_spec("biomed", "timm", image_size, 16, hidden_size, _timm_vit_config(image_size, 16, hidden_size, depth, heads)),
+        vision_encoder_spec("pubmed", "clip", image_size, 32, hidden_size, _clip_vision_config(image_size, 32, hidden_size, depth, heads)),
+    ]
+
+
 LLAMA2_7B_CHAT_TEXT_CONFIG = {
     "model_type": "llama",
     "vocab_size": 32001,  # 32000 + the added `<ImageHere>` (id 32000)
@@ -325,7 +336,8 @@ class LiteGPTConfig(PreTrainedConfig):
 
         * `litegpt-7b`: the paper (BiomedCLIP ViT-B/16 + PubMedCLIP ViT-B/32 at 224 -> 245 patch tokens ->
           49 visual tokens of 3840 -> projector 5632 -> Llama-2-7b-chat, 4096).
-        * `litegpt-smol`: the same encoder architectures with SmolLM2-135M-Instruct as LM (the CPU default).
+        * `litegpt-smol`: SmolLM2-135M-Instruct as LM with small encoders of the paper's architectures and token
+          layout at 128 px (`small_vision_encoders`: width 192, depth 2; 16 visual tokens of 960): the CPU default.
         * `tiny`: toy sizes everywhere, for tests.
         """
         presets = {
@@ -333,7 +345,8 @@ class LiteGPTConfig(PreTrainedConfig):
                 vision_encoders=paper_vision_encoders(), text_config=dict(LLAMA2_7B_CHAT_TEXT_CONFIG), image_token_id=32000
             ),
             "litegpt-smol": lambda: dict(
-                vision_encoders=paper_vision_encoders(),
+                vision_encoders=small_vision_encoders(),
+                projector_hidden_size=2304,  # 4 x SmolLM2's hidden size 576
                 text_config=dict(SMOLLM2_135M_INSTRUCT_TEXT_CONFIG),
                 image_token_id=49152,
             ),
@@ -351,4 +364,10 @@ class LiteGPTConfig(PreTrainedConfig):
         return cls(**kwargs)
 
 
-__all__ = ["LiteGPTConfig", "vision_encoder_spec", "paper_vision_encoders", "tiny_vision_encoders"]
+__all__ = [
+    "LiteGPTConfig",
+    "vision_encoder_spec",
+    "paper_vision_encoders",
+    "small_vision_encoders",
+    "tiny_vision_encoders",
+]

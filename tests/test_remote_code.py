@@ -106,7 +106,7 @@ def test_smollm2_gguf_becomes_the_litegpt_smol_language_model(tmp_path):
     out = build_base_checkpoint("litegpt-smol", tmp_path / "smol", gguf=gguf)
     model = AutoModelForImageTextToText.from_pretrained(out, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
-    assert model.config.text_config.hidden_size == 576 and model.config.num_image_tokens == 49
+    assert model.config.text_config.hidden_size == 576 and model.config.num_image_tokens == 16
     assert processor.tokenizer.convert_tokens_to_ids("<ImageHere>") == model.config.image_token_id == 49152
 
     # Its language model is the GGUF's, weight for weight (the image row aside).

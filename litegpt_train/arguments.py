@@ -1,0 +1,214 @@
+"""Script arguments of `train_sft.py` (everything that is not one of TRL's `SFTConfig` fields) and their checks.
+
+Every check here runs before any model is loaded or any step is trained: a wrong config fails in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Stage name -> (dataset family, builder config). VinDr stages are the paper's; MIMIC ones are extra.
+STAGE_SOURCES: dict[str, tuple[str, str]] = {
+    "grounding": ("vindr_cxr", "grounding"),
+    "diagnosis": ("vindr_cxr", "diagnosis"),
+    "report": ("mimic_cxr", "report"),
+    "existence": ("mimic_cxr", "existence"),
+}
+QUANTIZATION_CHOICES = ("none", "8bit", "4bit")
+INIT_NONE = "none"
+
+
+@dataclass
+class LiteGPTScriptArguments:
+    """What `train_sft.py` needs besides TRL's `SFTConfig` (one YAML holds both; unknown keys are errors)."""
+
+    model_name_or_path: str = field(
+        default=None,
+        metadata={"help": "LiteGPT base checkpoint (folder or Hub id) carrying the remote code; see scripts/convert_litegpt.py"},
+    )
+    model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the base (pin it with remote code)"})
+    base_preset: str | None = field(
+        default=None,
+        metadata={"help": "offline demo: if model_name_or_path does not exist, build it from this LiteGPTConfig preset "
+                          "with the SmolLM2 GGUF LM (scripts.litegpt_checkpoint)"},
+    )
+    stages: list[str] = field(
+        default_factory=lambda: ["grounding", "diagnosis"],
+        metadata={"help": f"stages in order, each from the previous one's weights; choices {sorted(STAGE_SOURCES)}"},
+    )
+    stage: str | None = field(default=None, metadata={"help": "run only this stage (overrides `stages`)"})
+    init_from: str | None = field(
+        default=None,
+        metadata={"help": "adapter folder the first stage starts from: the MiniGPT-v2 init adapter of "
+                          "scripts/convert_litegpt.py ([C]'s stage-1 init), or a finished stage (e.g. runs/grounding); "
+                          "'none' or empty: a fresh LoRA"},
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "VinDr-CXR folder (.../vindr-cxr/1.0.0)"})
+    mimic_data_dir: str | None = field(default=None, metadata={"help": "folder holding mimic-cxr(-jpg)/... (report/existence)"})
+    dataset_settings: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "VinDrCXRConfig settings (JSON on the command line), e.g. {\"dedup\": \"mean\"}"}
+    )
+    mimic_settings: dict[str, Any] | str | None = field(default=None, metadata={"help": "MIMICCXRConfig settings"})
+    mix: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "extra tasks mixed into a stage's training rows, e.g. {\"diagnosis\": [\"existence\"]}"},
+    )
+    dataset_cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder of the builders"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "first N training rows per stage (debugging)"})
+    synthetic_data: bool = field(
+        default=False,
+        metadata={"help": "offline demo: generate the synthetic sample (datasets_scripts.synthetic) when data_dir is missing"},
+    )
+    synthetic_settings: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "arguments of datasets_scripts.synthetic.generate (n_train, n_test, seed, ...)"}
+    )
+    model_dtype: str = field(
+        default="float32",
+        metadata={"help": "dtype the weights load in (auto, float32, bfloat16, float16); mixed precision is SFTConfig's bf16/fp16"},
+    )
+    quantization: str = field(default="none", metadata={"help": f"LM weights: {QUANTIZATION_CHOICES} (paper: 8bit)"})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank on the LM's q/v ([P] 64)"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha ([C] 16)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout ([C] 0.05)"})
+    train_projector: bool = field(default=True, metadata={"help": "train the projector in full (modules_to_save)"})
+    train_vision_towers: bool = field(
+        default=False,
+        metadata={"help": "DEMO-ONLY: also train the vision encoders (the paper freezes them); they are then saved "
+                          "in the adapter (modules_to_save)"},
+    )
+    cache_projector_inputs: bool = field(
+        default=False, metadata={"help": "compute the frozen encoders' output once per image and reuse it every epoch/stage"}
+    )
+    stage_overrides: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "per-stage SFTConfig overrides, e.g. {\"diagnosis\": {\"num_train_epochs\": 10}}"},
+    )
+    hub_base_model_id: str | None = field(
+        default=None,
+        metadata={"help": "Hub id of the base recorded in pushed adapters (base_model_name_or_path); needed when the "
+                          "base was loaded from a local folder"},
+    )
+    overwrite_stages: bool = field(
+        default=False, metadata={"help": "retrain stages whose output folder already holds a finished adapter"}
+    )
+    eval_after_training: bool = field(default=False, metadata={"help": "run eval.py on each finished stage"})
+    eval_split: str = field(default="test", metadata={"help": "split eval_after_training scores"})
+    eval_batch_size: int = field(default=8, metadata={"help": "generation batch size of eval_after_training"})
+    eval_bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples of eval_after_training"})
+    eval_baselines: bool = field(default=True, metadata={"help": "score the trivial baselines beside the model"})
+
+    def __post_init__(self):
+        for name in ("dataset_settings", "mimic_settings", "mix", "stage_overrides", "synthetic_settings"):
+            setattr(self, name, _as_dict(name, getattr(self, name)))
+        if self.init_from in ("", INIT_NONE):
+            self.init_from = None
+
+    @property
+    def stage_list(self) -> list[str]:
+        return [self.stage] if self.stage else list(self.stages)
+
+
+def _as_dict(name: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--{name} must be a JSON object, got {value!r}: {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def check_arguments(script_args: LiteGPTScriptArguments, sft_fields: set[str]) -> None:
+    """Raise `ValueError` naming the first problem of the run's configuration (nothing loaded yet)."""
+    if not script_args.model_name_or_path:
+        raise ValueError("model_name_or_path is required: a LiteGPT base folder or Hub id")
+    stages = script_args.stage_list
+    if not stages:
+        raise ValueError("no stage to train: set `stages` or `--stage`")
+    for stage in stages + [t for tasks in script_args.mix.values() for t in _task_list(tasks)]:
+        if stage not in STAGE_SOURCES:
+            raise ValueError(f"unknown stage/task {stage!r}; choices: {sorted(STAGE_SOURCES)}")
+    if len(set(stages)) != len(stages):
+        raise ValueError(f"a stage appears twice in {stages}")
+    for stage in script_args.mix:
+        if stage not in stages:
+            raise ValueError(f"`mix` names stage {stage!r}, which is not trained in this run ({stages})")
+    for stage, overrides in script_args.stage_overrides.items():
+        if stage not in STAGE_SOURCES:
+            raise ValueError(f"stage_overrides: unknown stage {stage!r}; choices: {sorted(STAGE_SOURCES)}")
+        if not isinstance(overrides, dict):
+            raise ValueError(f"stage_overrides[{stage!r}] must be a mapping of SFTConfig fields")
+        unknown = sorted(set(overrides) - sft_fields)
+        if unknown:
+            raise ValueError(f"stage_overrides[{stage!r}]: {unknown} are not SFTConfig fields")
+        if "output_dir" in overrides:
+            raise ValueError("stage_overrides cannot move output_dir: stage outputs are <output_dir>/<stage>")
+    if script_args.quantization not in QUANTIZATION_CHOICES:
+        raise ValueError(f"quantization must be one of {QUANTIZATION_CHOICES}, got {script_args.quantization!r}")
+    if script_args.cache_projector_inputs and script_args.train_vision_towers:
+        raise ValueError("cache_projector_inputs needs frozen encoders: it cannot be combined with train_vision_towers")
+    families = {STAGE_SOURCES[t][0] for s in stages for t in [s, *_task_list(script_args.mix.get(s, []))]}
+    if "vindr_cxr" in families and not script_args.data_dir:
+        raise ValueError("the VinDr-CXR stages need data_dir (the vindr-cxr/1.0.0 folder)")
+    if "mimic_cxr" in families and not script_args.mimic_data_dir:
+        raise ValueError("the MIMIC-CXR stages need mimic_data_dir")
+    for name in ("data_dir", "mimic_data_dir"):
+        path = getattr(script_args, name)
+        if path and not Path(path).exists() and not script_args.synthetic_data:
+            raise FileNotFoundError(f"{name} {path} does not exist")
+    if script_args.init_from:
+        resolve_adapter_config(script_args.init_from, what="init_from")
+    base = script_args.model_name_or_path
+    if not _looks_like_hub_id(base) and not Path(base).exists() and not script_args.base_preset:
+        raise FileNotFoundError(f"model_name_or_path {base} does not exist (set base_preset to build the demo base)")
+
+
+def resolve_adapter_config(adapter: str, what: str = "adapter", revision: str | None = None) -> dict[str, Any]:
+    """The `adapter_config.json` of a local adapter folder or Hub adapter, or a clear error."""
+    path = Path(adapter)
+    if (path / "adapter_config.json").is_file():
+        return json.loads((path / "adapter_config.json").read_text())
+    if path.exists():
+        raise FileNotFoundError(f"{what} {adapter}: no adapter_config.json there (a PEFT adapter folder is expected)")
+    if not _looks_like_hub_id(adapter):
+        raise FileNotFoundError(f"{what} {adapter} does not exist")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(adapter, "adapter_config.json", revision=revision)).read_text())
+    except Exception as err:  # offline, missing repo, no access: all mean "cannot start from it"
+        raise FileNotFoundError(
+            f"{what} {adapter}: not a local folder, and its adapter_config.json could not be fetched from the Hub "
+            f"({type(err).__name__}: {err})"
+        ) from None
+
+
+def _task_list(tasks: Any) -> list[str]:
+    return [tasks] if isinstance(tasks, str) else list(tasks)
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """`owner/name` that is not an existing path: a Hub repository id."""
+    return name.count("/") == 1 and not Path(name).exists() and not name.startswith((".", "/", "~"))
+
+
+def sft_config_fields(sft_config_cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(sft_config_cls)}
+
+
+__all__ = [
+    "INIT_NONE",
+    "LiteGPTScriptArguments",
+    "QUANTIZATION_CHOICES",
+    "STAGE_SOURCES",
+    "check_arguments",
+    "resolve_adapter_config",
+    "sft_config_fields",
+]

@@ -1,0 +1,195 @@
+"""Load the LiteGPT base for training, attach (or continue) the LoRA adapter, and check what trains."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .arguments import LiteGPTScriptArguments, resolve_adapter_config
+
+logger = logging.getLogger(__name__)
+
+VISION_TOWER_MODULES = ["biomed_vision_tower", "pubmed_vision_tower"]
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_base_model(script_args: LiteGPTScriptArguments, gradient_checkpointing: bool = False) -> torch.nn.Module:
+    """`AutoModelForImageTextToText` with the base's remote code; LM optionally 8/4-bit; encoders frozen."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    kwargs: dict[str, Any] = {"trust_remote_code": True, "revision": script_args.model_revision}
+    if script_args.model_dtype not in DTYPES:
+        raise ValueError(f"model_dtype must be one of {sorted(DTYPES)}, got {script_args.model_dtype!r}")
+    kwargs["dtype"] = DTYPES[script_args.model_dtype]
+    if script_args.quantization != "none":
+        from accelerate import PartialState
+
+        from modeling_litegpt import bnb_quantization_config
+
+        config = AutoConfig.from_pretrained(script_args.model_name_or_path, **kwargs)
+        bits = int(script_args.quantization.removesuffix("bit"))
+        compute_dtype = kwargs["dtype"] if isinstance(kwargs["dtype"], torch.dtype) else torch.float32
+        kwargs["quantization_config"] = bnb_quantization_config(config, bits=bits, compute_dtype=compute_dtype)
+        # One full copy per process (DDP); bitsandbytes weights cannot be moved after loading.
+        kwargs["device_map"] = {"": PartialState().local_process_index if torch.cuda.is_available() else "cpu"}
+    model = AutoModelForImageTextToText.from_pretrained(script_args.model_name_or_path, **kwargs)
+    model.freeze_vision()  # loading resets requires_grad (DESIGN.md §6); from_pretrained also does it
+    if script_args.quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        # Freezes everything, upcasts the non-quantised modules (towers, projector, head) to fp32.
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    if script_args.train_vision_towers:
+        model.freeze_vision(False)
+    return model
+
+
+def lora_config_for(script_args: LiteGPTScriptArguments, base_model_name_or_path: str):
+    """The paper's LoRA (q/v of the LM, r/alpha/dropout from the config), projector (and demo towers) in full."""
+    from scripts.litegpt_checkpoint import make_lora_config
+
+    config = make_lora_config(
+        r=script_args.lora_r,
+        lora_alpha=script_args.lora_alpha,
+        lora_dropout=script_args.lora_dropout,
+        train_projector=script_args.train_projector,
+        base_model_name_or_path=base_model_name_or_path,
+    )
+    if script_args.train_vision_towers:
+        config.modules_to_save = list(config.modules_to_save or []) + VISION_TOWER_MODULES
+    return config
+
+
+def attach_adapter(model: torch.nn.Module, script_args: LiteGPTScriptArguments, init_from: str | None):
+    """A trainable `PeftModel`: continued from `init_from` (checked against the base first) or a fresh LoRA."""
+    from peft import PeftModel, get_peft_model
+
+    if init_from:
+        check_adapter_matches_base(init_from, model, revision=None)
+        model = PeftModel.from_pretrained(model, init_from, is_trainable=True)
+        logger.info("continuing the adapter of %s", init_from)
+    else:
+        model = get_peft_model(model, lora_config_for(script_args, script_args.model_name_or_path))
+    if script_args.train_vision_towers:
+        for name, param in model.named_parameters():
+            if any(f"{tower}.modules_to_save" in name for tower in VISION_TOWER_MODULES):
+                param.requires_grad_(True)
+    check_trainable_parameters(model, allow_towers=script_args.train_vision_towers)
+    return model
+
+
+def trainable_parameter_groups(model: torch.nn.Module) -> Counter:
+    """Trainable parameter counts by role: lora, projector, vision (demo only) or other (never expected)."""
+    groups: Counter = Counter()
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if ".lora_" in name:
+            groups["lora"] += param.numel()
+        elif "multi_modal_projector" in name:
+            groups["projector"] += param.numel()
+        elif "vision_tower" in name:
+            groups["vision"] += param.numel()
+        else:
+            groups["other"] += param.numel()
+    return groups
+
+
+def check_trainable_parameters(model: torch.nn.Module, allow_towers: bool = False) -> Counter:
+    """Only LoRA and the projector train (plus the towers in the demo-only setting); anything else is a bug."""
+    groups = trainable_parameter_groups(model)
+    if groups["other"]:
+        names = [n for n, p in model.named_parameters() if p.requires_grad and ".lora_" not in n
+                 and "multi_modal_projector" not in n and "vision_tower" not in n]
+        raise RuntimeError(f"unexpected trainable parameters (the LM base must stay frozen): {names[:5]}")
+    if groups["vision"] and not allow_towers:
+        raise RuntimeError("vision tower parameters are trainable although train_vision_towers is off")
+    if not groups["lora"]:
+        raise RuntimeError("no LoRA parameter is trainable: check the adapter's target_modules")
+    logger.info("trainable parameters: %s", dict(groups))
+    return groups
+
+
+# ----------------------------------------------------------------------------------------- adapter checks
+def _adapter_weight_shapes(adapter: str, revision: str | None = None) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    path = Path(adapter) / "adapter_model.safetensors"
+    if not path.is_file():
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(adapter, "adapter_model.safetensors", revision=revision))
+    with safe_open(str(path), framework="pt") as f:
+        return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+
+
+def check_adapter_matches_base(adapter: str, model: torch.nn.Module, revision: str | None = None) -> None:
+    """Raise `ValueError` when an adapter was trained on another base (other sizes, layers or modules).
+
+    Every LoRA matrix must sit on an existing layer with matching in/out features, every fully saved module
+    (projector) must have the base's parameter shapes. PEFT itself would fail later, mid-load, or not at all
+    when only `modules_to_save` differ.
+    """
+    config = resolve_adapter_config(adapter, what="adapter", revision=revision)
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"adapter {adapter} is a {config.get('peft_type')} adapter; LiteGPT trains LoRA")
+    modules = dict(model.named_modules())
+    params = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    problems = []
+    for key, shape in _adapter_weight_shapes(adapter, revision).items():
+        name = key.removeprefix("base_model.model.")
+        lora = re.match(r"(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$", name)
+        if lora:
+            module = modules.get(lora.group(1))
+            if module is None:
+                problems.append(f"{lora.group(1)} does not exist in the base")
+                continue
+            expected = getattr(module, "in_features", None) if lora.group(2) == "A" else getattr(module, "out_features", None)
+            got = shape[1] if lora.group(2) == "A" else shape[0]
+            if expected is not None and expected != got:
+                problems.append(f"{key}: {got} features, the base's {lora.group(1)} has {expected}")
+            continue
+        name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", name).replace(".original_module.", ".")
+        if name not in params:
+            problems.append(f"{key}: no parameter {name} in the base")
+        elif params[name] != shape and not _quantized_shape_ok(params[name], shape):
+            problems.append(f"{key}: shape {shape}, the base's is {params[name]}")
+        if len(problems) >= 5:
+            break
+    if problems:
+        raise ValueError(
+            f"adapter {adapter} (trained on {config.get('base_model_name_or_path')!r}) does not fit this base:\n  "
+            + "\n  ".join(problems)
+        )
+
+
+def _quantized_shape_ok(base_shape: tuple[int, ...], adapter_shape: tuple[int, ...]) -> bool:
+    """4-bit weights are stored packed; their logical shape cannot be compared here."""
+    return len(base_shape) == 2 and base_shape[1] == 1
+
+
+def adapter_base_path(adapter_dir: str | Path) -> str | None:
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    return config.get("base_model_name_or_path")
+
+
+__all__ = [
+    "VISION_TOWER_MODULES",
+    "adapter_base_path",
+    "attach_adapter",
+    "check_adapter_matches_base",
+    "check_trainable_parameters",
+    "load_base_model",
+    "lora_config_for",
+    "trainable_parameter_groups",
+]
