@@ -5,10 +5,16 @@
     # score only (predictions.jsonl holds the references), or another model's outputs in its own box format
     python eval.py --predictions results/predictions.jsonl --out results/
     python eval.py --predictions maira2.jsonl --box_format maira2 --references refs.jsonl --out results/maira2/
+    # + label thresholds tuned on validation predictions (extra protocol) and the trivial baselines (from train)
+    python eval.py --model runs/grounding --dataset vindr_cxr:grounding --data_dir /data/vindr --split test \
+        --threshold_split validation --baselines --out results/
+    python eval.py --predictions results/predictions.jsonl --thresholds_from results/thresholds_validation/predictions.jsonl \
+        --baselines --train_dataset vindr_cxr:grounding --data_dir /data/vindr --out results/
 
 Outputs in --out: `predictions.jsonl` (generation mode), `generation_manifest.json`, `metrics.json` (keys
-documented in litegpt_eval/README.md), `report.md` (the paper's Tables 1-5 and Appendix 8-13 layout) and
-`figures/` (PR curves, box overlays). `--dataset` accepts `vindr_cxr:grounding|diagnosis`,
+documented in litegpt_eval/README.md), `report.md` (the paper's Tables 1-5 and Appendix 8-13 layout),
+`figures/` (PR curves, box overlays), with --threshold_split `thresholds_<split>/predictions.jsonl` and with
+--baselines `baselines/<name>/{predictions.jsonl,metrics.json,report.md}`. `--dataset` accepts `vindr_cxr:grounding|diagnosis`,
 `mimic_cxr:existence|report` (built with the project's builders from --data_dir), a `save_to_disk` folder, or a
 Parquet / JSON Lines file with the builder's columns. The metric code lives in the `litegpt_eval` package.
 """
@@ -63,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--revision", help="model revision to pin (Hub)")
     src.add_argument("--dataset", help="vindr_cxr:<config>, mimic_cxr:<config>, a save_to_disk folder, or a .parquet/.jsonl file")
     src.add_argument("--data_dir", help="raw data folder for the builders")
+    src.add_argument("--cache_dir", help="datasets cache folder of the builders")
     src.add_argument("--split", default="test")
     src.add_argument("--task", choices=TASKS, help="task of every row (default: from the dataset config or the prompt)")
     src.add_argument("--limit", type=int, help="first N rows only")
@@ -83,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="sampling seed")
     gen.add_argument("--paper_decoding", action="store_true", help="[C]'s sampling (T 0.6 / 0.1, top-p 0.9), one run per --seeds")
     gen.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    gen.add_argument("--no_label_scores", action="store_true", help="skip teacher-forced label/yes probabilities (no AUC)")
+    gen.add_argument("--no_label_scores", action="store_true", help="skip the teacher-forced label/yes probabilities (no AUC, "
+                     "no thresholded protocol); stage 1 scores 22 labels at every list slot of each answer, which on a "
+                     "CPU can cost as much as generating")  # fmt: skip
     gen.add_argument("--no_tokens", action="store_true", help="do not store generated token ids/log-probs")
     gen.add_argument("--num_proc", type=int, help="processes for building the dataset")
 
@@ -96,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--n_overlays", type=int, default=8, help="box overlay figures (a seeded sample of images)")
     sc.add_argument("--no_progress", action="store_true")
     sc.add_argument("--export_references", action="store_true", help="also write references.jsonl (for scoring other models)")
+
+    thr = p.add_argument_group("validation thresholds (extra protocol; the greedy-text numbers stay the headline)")
+    thr.add_argument("--thresholds_from", help="validation predictions JSONL with label confidences: per-label F1-optimal "
+                     "thresholds chosen there are applied to the scored (test) predictions")  # fmt: skip
+    thr.add_argument("--threshold_split", help="generation mode: also generate on this split (e.g. validation) into "
+                     "<out>/thresholds_<split>/ and take the thresholds from it; never the scored split")  # fmt: skip
+
+    base = p.add_argument_group("trivial baselines (fitted on the training split, scored by the same code)")
+    base.add_argument("--baselines", action="store_true", help="score no_finding, most_frequent and the "
+                      "oracle_labels_mean_box reference; write <out>/baselines/<name>/ and a comparison table")  # fmt: skip
+    base.add_argument("--train_dataset", help="training rows of the baselines (default: --dataset); same forms as --dataset")
+    base.add_argument("--train_split", default="train", help="split of --train_dataset (default: train)")
+    base.add_argument("--train_data_dir", help="raw data folder of --train_dataset (default: --data_dir)")
     return p
 
 
@@ -155,13 +177,45 @@ def base_manifest(args: argparse.Namespace) -> dict[str, Any]:
 # ======================================================================================= scoring
 
 
+def load_train_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows of the baselines' training split, without image columns (never decoded)."""
+    from litegpt_eval.generation import load_eval_dataset
+
+    spec = args.train_dataset or args.dataset
+    if not spec:
+        raise PredictionsError("--baselines needs the training rows: pass --train_dataset (and --data_dir for a builder)")
+    if spec == args.dataset and args.train_split == args.split:
+        raise PredictionsError(f"--train_split {args.train_split!r} is the scored split: baselines are fitted on training data only")
+    dataset, _ = load_eval_dataset(spec, args.train_data_dir or args.data_dir, args.train_split, args.num_proc, args.cache_dir)
+    columns = [c for c in dataset.column_names if c not in ("images", "image")]
+    rows = dataset.select_columns(columns).to_list() if hasattr(dataset, "select_columns") else [dict(r) for r in dataset]
+    return rows, {"dataset": spec, "split": args.train_split, "rows": len(rows)}
+
+
+def baselines_entry(args: argparse.Namespace, records: list[dict[str, Any]], folder: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The `baselines` key of metrics.json (baselines fitted and scored once per run, compared with `metrics`)."""
+    from litegpt_eval.baselines import baselines_json, headline_table, score_baselines
+
+    summary = getattr(args, "_baselines_summary", None)
+    if summary is None:
+        train_rows, source = load_train_rows(args)
+        summary = score_baselines(
+            train_rows, records, folder, bootstrap=args.bootstrap, seed=args.bootstrap_seed,
+            text_metrics=not args.no_text_metrics, coco_meteor=not args.no_coco_meteor, training_source=source,
+        )  # fmt: skip
+        args._baselines_summary = summary
+    summary = {**summary, "table": headline_table({"model": metrics, **summary["metrics"]})}
+    return baselines_json(summary)
+
+
 def score_file(
     predictions: Path, out_dir: Path, args: argparse.Namespace, manifest: dict[str, Any], images: dict[str, Any] | None = None,
-    write: bool = True,
+    write: bool = True, baselines_dir: Path | None = None,
 ) -> dict[str, Any]:
     from litegpt_eval.records import attach_references, load_records, load_references
     from litegpt_eval.report import make_figures, render_report, write_metrics_json
     from litegpt_eval.scoring import score_records
+    from litegpt_eval.thresholds import load_threshold_source
 
     records, skipped = load_records(predictions, on_duplicate=args.on_duplicate)
     if args.references:
@@ -171,14 +225,20 @@ def score_file(
                 skipped["items"] += value
             else:
                 skipped[key] = skipped.get(key, 0) + value
+    thresholds = load_threshold_source(args.thresholds_from, test_records=records) if args.thresholds_from else None
     metrics, extras = score_records(
         records, box_format=args.box_format, bootstrap=args.bootstrap, seed=args.bootstrap_seed,
         coco_meteor=not args.no_coco_meteor, text_metrics=not args.no_text_metrics, progress=not args.no_progress,
-        skipped=skipped,
+        skipped=skipped, thresholds=thresholds,
     )  # fmt: skip
     manifest = {**manifest, "predictions_file": str(predictions), "box_format": args.box_format,
                 "predictions_sha256": hashlib.sha256(predictions.read_bytes()).hexdigest()}  # fmt: skip
+    if args.thresholds_from:
+        manifest["thresholds_from"] = str(args.thresholds_from)
     metrics = {"schema": metrics.pop("schema"), "manifest": manifest, **metrics}
+    if args.baselines:
+        scored = [r for r in records if isinstance(r.get("reference"), dict)]
+        metrics["baselines"] = baselines_entry(args, scored, baselines_dir or out_dir / "baselines", metrics)
     if write:
         out_dir.mkdir(parents=True, exist_ok=True)
         figures = [] if args.no_figures else make_figures(extras, out_dir, images=images, n_overlays=args.n_overlays)
@@ -205,7 +265,7 @@ def generate(args: argparse.Namespace, out_dir: Path) -> tuple[list[Path], dict[
         run_generation,
     )
 
-    dataset, task = load_eval_dataset(args.dataset, args.data_dir, args.split, args.num_proc)
+    dataset, task = load_eval_dataset(args.dataset, args.data_dir, args.split, args.num_proc, args.cache_dir)
     items = rows_to_items(dataset, task=args.task or task, limit=args.limit)
     if not items:
         raise PredictionsError(f"dataset {args.dataset} ({args.split}) has no rows")
@@ -230,6 +290,19 @@ def generate(args: argparse.Namespace, out_dir: Path) -> tuple[list[Path], dict[
         logger.info("%s: %d written, %d already done", summary["path"], summary["written"], summary["skipped_done"])
         runs.append(Path(summary["path"]))
         manifest.setdefault("decoding", {})[name] = decoding.to_json()
+    if args.threshold_split:
+        val_data, val_task = load_eval_dataset(args.dataset, args.data_dir, args.threshold_split, args.num_proc, args.cache_dir)
+        val_items = rows_to_items(val_data, task=args.task or val_task, limit=args.limit)
+        if not val_items:
+            raise PredictionsError(f"dataset {args.dataset} ({args.threshold_split}) has no rows for the thresholds")
+        folder = out_dir / f"thresholds_{args.threshold_split}"
+        summary = run_generation(
+            model, processor, val_items, folder, DecodingSettings(False, max_new), batch_size=args.batch_size,
+            label_scores=True, keep_tokens=not args.no_tokens, progress=not args.no_progress,
+            manifest={**manifest, "split": args.threshold_split, "items": len(val_items), "purpose": "validation thresholds"},
+        )  # fmt: skip
+        logger.info("%s: %d written, %d already done", summary["path"], summary["written"], summary["skipped_done"])
+        args.thresholds_from = summary["path"]
     images = {item.id: item.image for item in items}
     return runs, manifest, images
 
@@ -259,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out_dir = Path(args.out)
+    if args.threshold_split and args.predictions:
+        raise SystemExit("--threshold_split generates validation predictions: use --thresholds_from with --predictions")
+    if args.threshold_split and args.threshold_split == args.split:
+        raise SystemExit(f"--threshold_split {args.threshold_split!r} is the scored split: thresholds are never tuned on it")
+    if args.threshold_split and args.no_label_scores:
+        raise SystemExit("--threshold_split needs label confidences: drop --no_label_scores")
     try:
         if args.predictions:
             if args.model or args.dataset:
@@ -271,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.paper_decoding:
                 per_seed = {}
                 for seed, path in zip(args.seeds, runs):
-                    per_seed[seed] = score_file(path, out_dir / f"seed{seed}", args, manifest, images)
+                    per_seed[seed] = score_file(path, out_dir / f"seed{seed}", args, manifest, images,
+                                                baselines_dir=out_dir / "baselines")  # fmt: skip
                 summary = {"protocol": "[C] sampling, mean and sd over seeds", "seeds": list(args.seeds),
                            "headline": summarize_seeds(per_seed)}  # fmt: skip
                 (out_dir / "paper_decoding.json").write_text(json.dumps(summary, indent=2))

@@ -32,24 +32,24 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from accelerate import PartialState  # noqa: E402
-from transformers import enable_full_determinism, set_seed  # noqa: E402
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
-from trl import SFTConfig, SFTTrainer, TrlParser  # noqa: E402
+import torch
+from accelerate import PartialState
+from transformers import enable_full_determinism, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig, SFTTrainer, TrlParser
 
-from litegpt_train.arguments import (  # noqa: E402
+from litegpt_train.arguments import (
     STAGE_SOURCES,
     LiteGPTScriptArguments,
     _looks_like_hub_id,
     check_arguments,
     sft_config_fields,
 )
-from litegpt_train.callbacks import CSVLoggerCallback  # noqa: E402
-from litegpt_train.data import load_stage_data  # noqa: E402
-from litegpt_train.feature_cache import CachedProjectorInputsCollator, ProjectorInputCache  # noqa: E402
-from litegpt_train.hub import TRAINING_RECORD, push_stage, write_model_card  # noqa: E402
-from litegpt_train.model import attach_adapter, check_adapter_matches_base, load_base_model  # noqa: E402
+from litegpt_train.callbacks import CSVLoggerCallback
+from litegpt_train.data import load_stage_data
+from litegpt_train.feature_cache import CachedProjectorInputsCollator, ProjectorInputCache
+from litegpt_train.hub import TRAINING_RECORD, push_stage, write_model_card
+from litegpt_train.model import attach_adapter, check_adapter_matches_base, load_base_model
 
 logger = logging.getLogger("train_sft")
 

@@ -9,7 +9,8 @@ Both modes go through `litegpt_eval.generation.generate_batch` (the eval pipelin
 `generate(output_scores=True)`, transition scores, parsing, confidences), after one warm-up call each. Every
 answer is forced to `max_new_tokens` tokens (`min_new_tokens`), so both modes do the same amount of decoding
 (an untrained model stops at random points). Prints seconds per mode, the speed ratio (target >= 4x at batch 8
-on the CPU) and whether the greedy answers of the two modes are identical.
+on the CPU), the share of each mode spent inside `model.generate` (the rest is the eval pipeline's own work:
+processor, transition scores, decoding, parsing) and whether the greedy answers of the two modes are identical.
 """
 
 from __future__ import annotations
@@ -76,23 +77,39 @@ def main(argv: list[str] | None = None) -> None:
     items = rows_to_items(rows, task=args.task)
     decoding = DecodingSettings(max_new_tokens=dict.fromkeys(("grounding", "diagnosis", "existence", "report"), args.max_new_tokens))
 
-    def run(batch_size: int) -> tuple[float, list[str]]:
+    inside = {"seconds": 0.0}
+    original_generate = model.generate
+
+    def timed_generate(*a, **kw):
+        start = time.perf_counter()
+        try:
+            return original_generate(*a, **kw)
+        finally:
+            inside["seconds"] += time.perf_counter() - start
+
+    model.generate = timed_generate
+
+    def run(batch_size: int) -> tuple[float, list[str], float]:
         texts = []
+        inside["seconds"] = 0.0
         start = time.perf_counter()
         for k in range(0, len(items), batch_size):
             texts += [r["text"] for r in generate_batch(model, processor, items[k : k + batch_size], decoding, label_scores=False)]
-        return time.perf_counter() - start, texts
+        return time.perf_counter() - start, texts, inside["seconds"]
 
     generate_batch(model, processor, items[:1], decoding, label_scores=False)  # warm-up
     generate_batch(model, processor, items[: args.batch_size], decoding, label_scores=False)
-    t_single, single = run(1)
-    t_batched, batched = run(args.batch_size)
+    t_single, single, g_single = run(1)
+    t_batched, batched, g_batched = run(args.batch_size)
     ratio = t_single / t_batched
     print(f"model: {path} ({args.preset if not args.model else 'given'}), torch threads: {torch.get_num_threads()}")
     print(f"{args.images} images, task {args.task}, {args.max_new_tokens} new tokens each (greedy)")
     print(f"one at a time: {t_single:.2f} s ({args.images / t_single:.2f} images/s)")
     print(f"batch {args.batch_size}:       {t_batched:.2f} s ({args.images / t_batched:.2f} images/s)")
     print(f"speed ratio: {ratio:.2f}x (target >= 4x) -> {'OK' if ratio >= 4 else 'BELOW TARGET'}")
+    print(f"inside model.generate: one at a time {g_single:.2f} s ({100 * g_single / t_single:.0f} %), "
+          f"batch {args.batch_size} {g_batched:.2f} s ({100 * g_batched / t_batched:.0f} %); "
+          f"ratio of model.generate alone {g_single / g_batched:.2f}x")  # fmt: skip
     print(f"greedy answers identical in both modes: {single == batched}")
 
 

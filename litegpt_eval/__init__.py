@@ -9,7 +9,9 @@ Modules (each usable on its own, `eval.py` at the repository root is a thin CLI 
 * `confidence` - box and label confidences from token log-probabilities, teacher-forced label-slot and yes/no
   probabilities (AUC);
 * `text_metrics` - ROUGE, BLEU-1..4, METEOR (NLTK and COCO 1.5), CIDEr-D, offline, with explicit "unavailable";
-* `bootstrap` - percentile bootstrap over images;
+* `bootstrap` - percentile bootstrap over images, vectorised statistics of every metric;
+* `thresholds` - per-label decision thresholds chosen on validation predictions (the `thresholded` protocol);
+* `baselines` - trivial baselines fitted on the training split, scored by the same code;
 * `box_formats` - converters between peer box conventions (DESIGN section 7) and the canonical normalised xyxy;
 * `records` - the predictions JSONL schema, reading/validation, resume;
 * `generation` - dataset adapter and batched greedy generation writing predictions as they are produced;

@@ -4,14 +4,20 @@
   computed by `LiteGPTProcessor.post_process_grounding(..., scores=...)` from the greedy output's transition
   scores (`compute_transition_scores(..., normalize_logits=True)`). The same rule scores the `No finding` phrase
   (`span_confidence`), used as the confidence of the VinBigData `No finding` pseudo-box.
-* **Label confidence (AUC)**, stage 2: for every label, the teacher-forced probability of its full token string at
-  every list slot of the greedy answer - right after the prefix, after each separator (`,`, `and`), plus one slot
-  appended after the last item (`", "` + label) - and the maximum over slots (`label_slot_probabilities`).
+* **Label confidence (AUC)**: for every label, the teacher-forced probability of its full token string at every
+  list slot of the greedy answer, and the maximum over slots (`label_slot_probabilities`). Stage 2
+  (`diagnosis_slots`): right after the prefix, after each separator (`,`, `and`), plus one slot appended after the
+  last item (`", "` + label). Stage 1 (`grounding_slots`): the slots are where a `<p>` phrase begins - right after
+  the prefix (`" <p>label</p>"`), after each `,` separator (`"<p>label</p>"`, no space, as the targets), plus one
+  appended after the last item (`",<p>label</p>"`); the candidate string is the whole `<p>label</p>`, so the score
+  is the probability that the model lists that label there.
 * **Existence**: `P(Yes) / (P(Yes) + P(No))` of the teacher-forced answer strings at the start of the answer
   (`yes_probability`).
 
-Teacher forcing reuses the image: the towers run once per image (`get_projector_inputs`), only the projector and
-the LM run per candidate sequence.
+Teacher forcing reuses the image and the shared text: the towers run once per image (`get_projector_inputs`), the
+prompt and each slot's context run once through the LM (`shared_prefix_logprobs` keeps their KV cache, extends it
+from one slot to the next and scores all labels of a slot as one batch of short continuations);
+`continuation_logprobs` is the plain reference (full sequences, no cache) it is tested against.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from processing_litegpt import GLOBAL_PREFIX, NO_FINDING
+from processing_litegpt import GLOBAL_PREFIX, LOCAL_PREFIX, NO_FINDING
 
 _NO_FINDING_RE = re.compile(r"\bno\s+findings?\b", re.IGNORECASE)
 _GLOBAL_PREFIX_RE = re.compile(r"^\s*global\s+diseases\s+of\s+this\s+chest\s+radiograph\s+are\b", re.IGNORECASE)
 _SEPARATOR_RE = re.compile(r",|\band\b", re.IGNORECASE)
+_LOCAL_PREFIX_RE = re.compile(r"local\s+diseases\s+of\s+this\s+chest\s+radiograph\s+are\b", re.IGNORECASE)
+GROUNDING_CANDIDATE = "<p>{label}</p>"
 
 
 # ======================================================================================= greedy-output scores
@@ -38,9 +46,11 @@ def token_char_spans(tokenizer, ids: Sequence[int], skip_special_tokens: bool = 
     kwargs = {"skip_special_tokens": skip_special_tokens, "clean_up_tokenization_spaces": False}
     ids = [int(i) for i in ids]
     text = tokenizer.decode(ids, **kwargs)
+    # all prefixes in one call (the fast tokenizers decode a batch natively): same values as a decode per prefix
+    prefixes = tokenizer.batch_decode([ids[:k] for k in range(1, len(ids) + 1)], **kwargs) if ids else []
     spans, previous = [], 0
-    for k in range(1, len(ids) + 1):
-        end = min(max(len(tokenizer.decode(ids[:k], **kwargs)), previous), len(text))
+    for prefix in prefixes:
+        end = min(max(len(prefix), previous), len(text))
         spans.append((previous, end))
         previous = end
     return text, spans
@@ -141,6 +151,88 @@ def continuation_logprobs(
     return out
 
 
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> list[int]:
+    first = list(seqs[0])
+    n = min(len(seq) for seq in seqs)
+    k = 0
+    while k < n and all(seq[k] == first[k] for seq in seqs):
+        k += 1
+    return first[:k]
+
+
+def shared_prefix_logprobs(
+    model,
+    prompt_ids: Sequence[int],
+    conditioning: dict[str, Any],
+    pairs: Sequence[tuple[list[int], list[int]]],
+    batch_size: int = 32,
+) -> list[float]:
+    """Same values as `continuation_logprobs`, computed with a KV cache of the shared text.
+
+    Pairs with the same context form a group. The group's shared text - `prompt + context` plus the tokens all its
+    continuations begin with (e.g. `<p>` of every stage-1 candidate) - runs once through the LM: groups run in
+    order of length, each extending (or cropping back to the common part of) one cache. The rest of the
+    continuations of a group then run as one right-padded batch on copies of that cache.
+    """
+    import copy
+
+    import torch
+
+    prompt_ids = [int(i) for i in prompt_ids]
+    device = next(model.parameters()).device
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, (ctx, cont) in enumerate(pairs):
+        if not cont:
+            raise ValueError("an empty continuation has no probability to score")
+        groups.setdefault(tuple(prompt_ids + [int(i) for i in ctx]), []).append(k)
+    plans = []
+    for key, members in groups.items():
+        conts = [[int(t) for t in pairs[k][1]] for k in members]
+        shared = _common_prefix(conts)[: min(len(c) for c in conts) - 1]  # every continuation keeps >= 1 own token
+        plans.append((list(key) + shared, len(key), members, [c[len(shared) :] for c in conts]))
+    plans.sort(key=lambda plan: (len(plan[0]), plan[0]))
+
+    out = [0.0] * len(pairs)
+    cache, cached_ids = None, []
+    cond = {key: value.to(device) for key, value in conditioning.items()}
+    for full, key_len, members, rests in plans:
+        common = 0
+        while common < min(len(cached_ids), len(full)) and cached_ids[common] == full[common]:
+            common += 1
+        keep = min(common, key_len - 1)  # the logits of the last context token predict the continuations
+        if cache is None or keep < len(prompt_ids):
+            cache, keep = None, 0
+        elif keep < len(cached_ids):
+            cache.crop(keep)
+        new = torch.tensor([full[keep:]], dtype=torch.long, device=device)
+        with torch.no_grad():
+            result = model(input_ids=new, past_key_values=cache, use_cache=True, **(cond if cache is None else {}))
+        cache, cached_ids = result.past_key_values, list(full)
+        logp_new = torch.log_softmax(result.logits[0].float(), dim=-1)  # row j predicts full[keep + j + 1]
+        shared_total = sum(float(logp_new[i - 1 - keep, full[i]]) for i in range(key_len, len(full)))
+        last_logp = logp_new[-1]
+        for start in range(0, len(members), batch_size):
+            chunk = list(range(start, min(start + batch_size, len(members))))
+            totals = [shared_total + float(last_logp[rests[j][0]]) for j in chunk]
+            width = max(len(rests[j]) for j in chunk) - 1
+            if width > 0:
+                ids = torch.zeros((len(chunk), width), dtype=torch.long)
+                for b, j in enumerate(chunk):
+                    ids[b, : len(rests[j]) - 1] = torch.tensor(rests[j][:-1])
+                branch = copy.deepcopy(cache)
+                branch.batch_repeat_interleave(len(chunk))
+                with torch.no_grad():
+                    logits = model(input_ids=ids.to(device), past_key_values=branch, use_cache=True).logits.float()
+                logp = torch.log_softmax(logits, dim=-1)
+                for b, j in enumerate(chunk):
+                    for t in range(1, len(rests[j])):
+                        totals[b] += float(logp[b, t - 1, rests[j][t]])
+                del branch
+            for j, total in zip(chunk, totals):
+                out[members[j]] = total
+    return out
+
+
 def diagnosis_slots(answer: str) -> list[tuple[str, str]]:
     """List slots of a stage-2 answer as `(context, joiner)`: the candidate text is `context + joiner + label`.
 
@@ -161,6 +253,28 @@ def diagnosis_slots(answer: str) -> list[tuple[str, str]]:
     return slots
 
 
+def grounding_slots(answer: str) -> list[tuple[str, str]]:
+    """Phrase slots of a stage-1 answer as `(context, joiner)`: the candidate is `context + joiner + "<p>label</p>"`.
+
+    Slots (where a `<p>` phrase begins): right after the `Local diseases of this chest radiograph are` prefix
+    (joiner `" "`), after each `,` separator (joiner `""`: the targets join phrases with `","`), and one appended
+    after the last item (`last item + ","`). Without the prefix in the answer, the prefix is forced: one slot after it.
+    """
+    match = _LOCAL_PREFIX_RE.search(answer)
+    if not match:
+        lead = answer[: len(answer) - len(answer.lstrip())]
+        return [(lead + LOCAL_PREFIX, " ")]
+    slots = [(answer[: match.end()], " ")]
+    body_end = len(answer.rstrip().rstrip("."))
+    for sep in re.finditer(",", answer[:body_end]):
+        if sep.start() >= match.end():
+            slots.append((answer[: sep.end()], ""))
+    last = answer[:body_end].rstrip()
+    if last.strip() and len(last) > match.end() and not last.endswith(","):
+        slots.append((last + ",", ""))
+    return slots
+
+
 def label_slot_probabilities(
     model,
     tokenizer,
@@ -168,16 +282,26 @@ def label_slot_probabilities(
     conditioning: dict[str, Any],
     answer: str,
     labels: Sequence[str],
-    batch_size: int = 16,
+    batch_size: int = 32,
+    task: str = "diagnosis",
 ) -> dict[str, float]:
-    """Per label, the maximum over the answer's list slots of `P(label tokens | prompt, slot context)`."""
-    slots = diagnosis_slots(answer)
+    """Per label, the maximum over the answer's list slots of `P(label tokens | prompt, slot context)`.
+
+    `task="diagnosis"`: slots of `diagnosis_slots`, candidate = the label; `task="grounding"`: slots of
+    `grounding_slots`, candidate = `<p>label</p>`.
+    """
+    if task == "grounding":
+        slots, template = grounding_slots(answer), GROUNDING_CANDIDATE
+    elif task == "diagnosis":
+        slots, template = diagnosis_slots(answer), "{label}"
+    else:
+        raise ValueError(f"label slots are defined for grounding and diagnosis answers, not {task!r}")
     pairs, owners = [], []
     for context, joiner in slots:
         for label in labels:
-            pairs.append(_split_context(tokenizer, context, joiner + label))
+            pairs.append(_split_context(tokenizer, context, joiner + template.format(label=label)))
             owners.append(label)
-    logps = continuation_logprobs(model, prompt_ids, conditioning, pairs, tokenizer.pad_token_id or 0, batch_size)
+    logps = shared_prefix_logprobs(model, prompt_ids, conditioning, pairs, batch_size)
     best: dict[str, float] = {label: -math.inf for label in labels}
     for label, lp in zip(owners, logps):
         best[label] = max(best[label], lp)
@@ -190,7 +314,7 @@ def yes_probability(
     """`P(Yes) / (P(Yes) + P(No))` of the full answer strings, with the answer's own leading whitespace."""
     lead = answer[: len(answer) - len(answer.lstrip())]
     pairs = [_split_context(tokenizer, "", lead + word) for word in ("Yes", "No")]
-    lp_yes, lp_no = continuation_logprobs(model, prompt_ids, conditioning, pairs, tokenizer.pad_token_id or 0, batch_size)
+    lp_yes, lp_no = shared_prefix_logprobs(model, prompt_ids, conditioning, pairs, batch_size)
     top = max(lp_yes, lp_no)
     p_yes, p_no = math.exp(lp_yes - top), math.exp(lp_no - top)
     return float(p_yes / (p_yes + p_no))
@@ -200,9 +324,11 @@ __all__ = [
     "NO_FINDING",
     "continuation_logprobs",
     "diagnosis_slots",
+    "grounding_slots",
     "image_conditioning",
     "label_slot_probabilities",
     "no_finding_confidence",
+    "shared_prefix_logprobs",
     "span_confidence",
     "token_char_spans",
     "truncate_at_eos",

@@ -8,8 +8,9 @@
 * Decoding: greedy (`do_sample=False`) unless sampling is asked for, then recorded in every record and the
   manifest; left padding; `max_new_tokens` 512 (grounding, report) / 64 (diagnosis) / 8 (existence) by default.
 * Confidences: transition scores of the generated tokens (`compute_transition_scores(normalize_logits=True)`) ->
-  box scores (`LiteGPTProcessor.post_process_grounding`), the `No finding` phrase score, and, when enabled,
-  teacher-forced label-slot probabilities (stage 2) and P(Yes) (existence) for AUC.
+  box scores (`exp(mean log-prob)` of each phrase, the rule of `LiteGPTProcessor.post_process_grounding`), the
+  `No finding` phrase score, and, when enabled, teacher-forced label-slot probabilities (stage 1: the 22 local
+  labels as `<p>label</p>`; stage 2: the 6 global labels) and P(Yes) (existence) for AUC.
 * Resume: records are appended and flushed one by one; a rerun skips the `(task, id)` pairs already written (an
   interrupted last line is cut off first). The run settings are kept in `generation_manifest.json`; resuming with
   different decoding settings raises.
@@ -32,7 +33,9 @@ from processing_litegpt import (
     GROUNDING_INSTRUCTION,
     REPORT_INSTRUCTION,
     VINDR_GLOBAL_LABELS,
+    VINDR_LOCAL_LABELS,
     parse_diagnosis_answer,
+    parse_grounding_answer,
     parse_yes_no,
 )
 
@@ -40,6 +43,7 @@ from .confidence import (
     image_conditioning,
     label_slot_probabilities,
     no_finding_confidence,
+    span_confidence,
     token_char_spans,
     truncate_at_eos,
     yes_probability,
@@ -168,10 +172,13 @@ def rows_to_items(rows: Iterable[dict[str, Any]], task: str | None = None, limit
     return items
 
 
-def load_eval_dataset(spec: str, data_dir: str | None = None, split: str = "test", num_proc: int | None = None):
+def load_eval_dataset(
+    spec: str, data_dir: str | None = None, split: str = "test", num_proc: int | None = None, cache_dir: str | None = None
+):
     """A dataset from `builder:config` (`vindr_cxr:grounding`, `vindr_cxr:diagnosis`, `mimic_cxr:existence`,
-    `mimic_cxr:report`, built with the project's builders from `data_dir`), a `save_to_disk` folder, or Parquet /
-    JSON Lines files. Returns `(dataset, task or None)`."""
+    `mimic_cxr:report`, built with the project's builders from `data_dir`, in `cache_dir` when given), a
+    `save_to_disk` folder (its `split`), or Parquet / JSON Lines files (the whole file: `split` is ignored).
+    Returns `(dataset, task or None)`."""
     if ":" in spec and not os.path.exists(spec):
         name, config = spec.split(":", 1)
         module_name, class_name = {"vindr_cxr": ("vindr_cxr", "VinDrCXR"), "mimic_cxr": ("mimic_cxr", "MIMICCXR")}.get(
@@ -186,7 +193,8 @@ def load_eval_dataset(spec: str, data_dir: str | None = None, split: str = "test
             raise RuntimeError(f"the {name} builder (datasets_scripts/{module_name}.py) is not available: {err}") from err
         if data_dir is None:
             raise ValueError(f"--data_dir is required to build {spec}")
-        builder = builder_cls(config_name=config, data_dir=data_dir)
+        kwargs = {"cache_dir": cache_dir} if cache_dir else {}
+        builder = builder_cls(config_name=config, data_dir=data_dir, **kwargs)
         builder.download_and_prepare(num_proc=num_proc) if num_proc else builder.download_and_prepare()
         task = {"grounding": "grounding", "diagnosis": "diagnosis", "existence": "existence", "report": "report"}.get(config)
         return builder.as_dataset(split=split), task
@@ -329,8 +337,7 @@ def generate_batch(
             "truncated": not finished, "decoding": settings, "reference": item.reference, "scores": {},
         }  # fmt: skip
         if task == "grounding":
-            post = processor.post_process_grounding([ids], image_size=(item.width, item.height), scores=np.array([lps]))[0]
-            record["parsed"] = {k: post[k] for k in ("findings", "no_finding", "none_listed", "contradiction", "failures")}
+            record["parsed"] = _grounding_parse(processor, ids, lps, text, spans, item)
             record["scores"]["no_finding"] = no_finding_confidence(text, spans, lps)
         elif task == "diagnosis":
             parsed = parse_diagnosis_answer(text)
@@ -343,13 +350,14 @@ def generate_batch(
             record["parsed"] = {"answer": answer, "failures": [] if answer is not None else [f"not a yes/no answer: {text!r}"]}
         else:
             record["parsed"] = {}
-        if label_scores and task in ("diagnosis", "existence"):
+        if label_scores and task in ("grounding", "diagnosis", "existence"):
             mask = inputs["attention_mask"][b].bool()
             prompt_ids = inputs["input_ids"][b][mask].tolist()
             conditioning = image_conditioning(model, inputs["pixel_values"][b : b + 1])
-            if task == "diagnosis":
+            if task in ("grounding", "diagnosis"):
+                labels = VINDR_LOCAL_LABELS if task == "grounding" else VINDR_GLOBAL_LABELS
                 record["scores"]["labels"] = label_slot_probabilities(
-                    model, tokenizer, prompt_ids, conditioning, text, VINDR_GLOBAL_LABELS
+                    model, tokenizer, prompt_ids, conditioning, text, labels, task=task
                 )
             else:
                 record["scores"]["yes"] = yes_probability(model, tokenizer, prompt_ids, conditioning, text)
@@ -357,6 +365,25 @@ def generate_batch(
             record["tokens"] = {"ids": ids, "logprobs": [round(float(v), 6) for v in lps]}
         records.append(record)
     return records
+
+
+def _grounding_parse(processor, ids, logprobs, text, spans, item: EvalItem) -> dict[str, Any]:
+    """`post_process_grounding`'s result for one answer, reusing the token spans already decoded for it.
+
+    Same parser and the same phrase score (`exp(mean log-prob)` of the tokens overlapping the phrase); answers that
+    contain `[/INST]` (the processor then parses only what follows) go through the processor itself.
+    """
+    keys = ("findings", "no_finding", "none_listed", "contradiction", "failures")
+    if "[/INST]" in text:
+        post = processor.post_process_grounding([ids], image_size=(item.width, item.height), scores=np.array([logprobs]))[0]
+        return {k: post[k] for k in keys}
+    parsed = parse_grounding_answer(text, item.width, item.height)
+    findings = [
+        {"label": f.label, "box": f.box, "grid_box": f.grid_box, "score": span_confidence(f.span, spans, logprobs)}
+        for f in parsed.findings
+    ]
+    return {"findings": findings, "no_finding": parsed.no_finding, "none_listed": parsed.none_listed,
+            "contradiction": parsed.contradiction, "failures": list(parsed.failures)}  # fmt: skip
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:

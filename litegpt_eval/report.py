@@ -6,9 +6,13 @@
 * Table 2 - global diseases (stage 2) per label and averages + paper's global F1;
 * Table 3 - Acc@IoU 0.3/0.4/0.5: [C]'s protocol and one-to-one matching, side by side + paper values;
 * Table 4 - text metrics of stage-1 answers with boxes removed (`paper` and `tag_free`) + paper values;
-* Table 5 - beyond the paper: mAP@0.4 / mAP@0.5 (vindr22, kaggle14), macro AUC, with 95 % intervals;
-* Appendix Tables 8-13 - per-label local classification (strict, paper), per-label global (paper protocol),
-  per-label AP, per-label matched localisation, MIMIC existence (MedKLIP-style per entity) and report text metrics;
+* Table 5 - beyond the paper: mAP@0.4 / mAP@0.5 (vindr22, kaggle14), macro AUC (local and global labels), with
+  95 % intervals;
+* Table 6 - validation-tuned thresholds (extra protocol, when `--thresholds_from` / `--threshold_split`);
+* Table 7 - trivial baselines vs the model (when `--baselines`);
+* Appendix Tables 8-14 - per-label local classification (strict, paper), per-label global (paper protocol),
+  per-label AP, per-label matched localisation, MIMIC existence (MedKLIP-style per entity), report text metrics
+  and per-label AUC of the local labels;
 * parse failures, skipped items, unavailable metrics (with reasons), intervals.
 """
 
@@ -88,7 +92,8 @@ def _classification_table(report: Mapping[str, Any], labels, metrics=None, ci_pr
         entry = report["labels"].get(label)
         if entry is None:
             continue
-        rows.append([label, _pct(entry["precision"]), _pct(entry["recall"]), _pct(entry["f1"]), entry["support"]])
+        ci = _ci(metrics, f"{ci_prefix}.labels.{label}.f1", 100) if metrics is not None and ci_prefix else ""
+        rows.append([label, _pct(entry["precision"]), _pct(entry["recall"]), _pct(entry["f1"]) + ci, entry["support"]])
     for average in ("micro", "macro", "macro_present", "weighted", "samples"):
         entry = report["averages"].get(average)
         if entry is None:
@@ -105,6 +110,10 @@ def render_report(metrics: Mapping[str, Any], manifest: Mapping[str, Any] | None
     tasks = metrics.get("tasks", {})
     out = ["# LiteGPT-CXR evaluation report", ""]
     manifest = manifest or metrics.get("manifest") or {}
+    baseline = metrics.get("baseline")
+    if baseline:
+        out += [(f"**Baseline `{baseline.get('name')}`** - {baseline.get('definition')}. Its answers are scored by "
+                 "the same code and protocols as the model's."), ""]  # fmt: skip
     if manifest:
         out += ["## Run", ""]
         for key in ("model", "dataset", "split", "predictions", "command", "commit", "decoding", "created"):
@@ -191,6 +200,12 @@ def render_report(metrics: Mapping[str, Any], manifest: Mapping[str, Any] | None
                 rows.append([f"mAP@{t} {taxonomy}", _num(entry["map"], 3) + _ci(metrics, f"tasks.grounding.localization.map.{t}.{taxonomy}.map", 1, 3),
                              f"{entry['n_classes']} classes", "Kaggle VinBigData 1st: 0.314 (private LB, other split)" if (t, taxonomy) == ("0.4", "kaggle14") else ""])  # fmt: skip
         rows.append(["box confidence", g["localization"]["box_confidence"], "", ""])
+    if g and "auc" in g:
+        auc = g["auc"]
+        reason = auc.get("unavailable", {}).get("all", "")
+        excluded = ", ".join(auc.get("no_positive_labels", []))
+        rows.append(["macro AUC, local labels (stage 1)", _num(auc.get("macro"), 3) + _ci(metrics, "tasks.grounding.auc.macro", 1, 3),
+                     f"{auc.get('n_labels', 0)} labels", reason or (f"excluded, no positive: {excluded}" if excluded else "")])  # fmt: skip
     if d:
         auc = d["auc"]
         rows.append(["macro AUC, global labels", _num(auc.get("macro"), 3) + _ci(metrics, "tasks.diagnosis.auc.macro", 1, 3),
@@ -206,6 +221,76 @@ def render_report(metrics: Mapping[str, Any], manifest: Mapping[str, Any] | None
         rows.append(["MIMIC existence macro AUC", _num(e.get("macro_auc"), 3), f"{len(e['entities'])} entities", "MedKLIP: per-class AUC, thresholds tuned on test"])
     if rows:
         out += ["## Table 5 - Beyond the paper: detection mAP and label AUC", "", _table(["metric", "value", "n", "reference"], rows), ""]
+
+    # ---------------- Table 6: validation thresholds
+    thr_rows = []
+    for task_name, task in (("grounding", g), ("diagnosis", d)):
+        entry = (task or {}).get("thresholded")
+        if not entry:
+            continue
+        if "classification" not in entry:
+            thr_rows.append([task_name, "unavailable", "", "", entry.get("unavailable", {}).get("all", "")])
+            continue
+        averages = entry["classification"]["averages"]
+        prefix = f"tasks.{task_name}.thresholded.classification.averages"
+        greedy = task["classification"]["strict"]["averages"]
+        for average in ("micro", "macro"):
+            thr_rows.append([task_name, average,
+                             " / ".join(_pct(averages[average][m]) for m in ("precision", "recall", "f1")) + _ci(metrics, f"{prefix}.{average}.f1", 100),
+                             " / ".join(_pct(greedy[average][m]) for m in ("precision", "recall", "f1")),
+                             f"{entry.get('n_validation')} validation answers"])  # fmt: skip
+    e = tasks.get("existence")
+    ex_thr = (e or {}).get("thresholded")
+    if ex_thr:
+        thr_rows.append(["existence", "accuracy", _pct(ex_thr.get("accuracy")) + _ci(metrics, "tasks.existence.thresholded.accuracy", 100),
+                         _pct(e.get("accuracy")), ex_thr.get("unavailable", {}).get("all", f"{ex_thr.get('n_validation')} validation answers")])  # fmt: skip
+    if thr_rows:
+        out += ["## Table 6 - Extra protocol: label confidences cut at validation-tuned thresholds", "",
+                ("Not the headline. Per label, the threshold maximising F1 on the VALIDATION predictions is applied "
+                 "unchanged to these test predictions (never tuned on test); labels without validation positives are "
+                 "never predicted. Greedy = the headline strict protocol, for comparison."), "",
+                _table(["task", "average", "thresholded P / R / F1", "greedy (strict) P / R / F1", "validation"], thr_rows), ""]  # fmt: skip
+        for task_name, task in (("grounding", g), ("diagnosis", d)):
+            entry = (task or {}).get("thresholded")
+            if entry and "classification" in entry:
+                labels = VINDR_LOCAL_LABELS if task_name == "grounding" else VINDR_GLOBAL_LABELS
+                rows = [[label, _num(entry["thresholds"].get(label), 4) if entry["thresholds"].get(label) is not None else "never",
+                         _pct(entry["validation_f1"].get(label)), _pct(entry["classification"]["labels"][label]["precision"]),
+                         _pct(entry["classification"]["labels"][label]["recall"]),
+                         _pct(entry["classification"]["labels"][label]["f1"])
+                         + _ci(metrics, f"tasks.{task_name}.thresholded.classification.labels.{label}.f1", 100),
+                         entry["classification"]["labels"][label]["support"]] for label in labels]  # fmt: skip
+                out += [f"Per label ({task_name}):", "",
+                        _table(["label", "threshold", "validation F1", "test P", "test R", "test F1", "support"], rows), ""]  # fmt: skip
+
+    # ---------------- Table 7: baselines
+    baselines = metrics.get("baselines")
+    if baselines and baselines.get("table"):
+        names = [n for n in ("model", *baselines.get("definitions", {})) if any(n in row["values"] for row in baselines["table"])]
+        rows = []
+        for row in baselines["table"]:
+            cells = []
+            for name in names:
+                value = row["values"].get(name)
+                if value is None or value.get("value") is None:
+                    cells.append("-")
+                    continue
+                scale = 1.0 if "acc_iou.paper" in row["key"] or ".text." in row["key"] or row["key"].endswith(".map") else 100.0
+                digits = 3 if row["key"].endswith(".map") else 2
+                ci = f" [{value['ci'][0] * scale:.{digits}f}, {value['ci'][1] * scale:.{digits}f}]" if value.get("ci") else ""
+                cells.append(f"{value['value'] * scale:.{digits}f}{ci}")
+            rows.append([row["label"], *cells])
+        header = ["metric"] + [("**" + n + "**") if n == "model" else (n + " (reference)" if n == "oracle_labels_mean_box" else n) for n in names]
+        out += ["## Table 7 - Trivial baselines vs the model", "",
+                ("Baselines are fitted on the training split and answer in the model's format; their answers are scored "
+                 "by the same code. `oracle_labels_mean_box` knows the TRUE test labels: an informational upper reference "
+                 "for position-agnostic boxes, not a baseline. Percentages except Acc@IoU (already %), mAP."), "",
+                _table(header, rows), ""]  # fmt: skip
+        out += [f"- `{name}`: {definition}" for name, definition in baselines.get("definitions", {}).items()]
+        training = baselines.get("training", {})
+        out += [(f"- training: {training.get('images', 0)} images ({training.get('dataset', '?')}, split "
+                 f"{training.get('split', '?')}); most frequent local labels: {training.get('most_frequent_local')}, "
+                 f"global: {training.get('most_frequent_global')}"), ""]  # fmt: skip
 
     # ---------------- Appendix
     out += ["## Appendix", ""]
@@ -252,6 +337,13 @@ def render_report(metrics: Mapping[str, Any], manifest: Mapping[str, Any] | None
         rows = [[name, _num(value) + _ci(metrics, f"tasks.report.text.raw.values.{name}")] for name, value in values.items()]
         rows += [[name, f"unavailable: {reason}"] for name, reason in unavailable.items()]
         out += ["### Table 13b - MIMIC-CXR report generation text metrics", "", _table(["metric", "value"], rows), ""]
+
+    if g and g.get("auc", {}).get("labels"):
+        auc = g["auc"]
+        rows = [[label, _num(auc["labels"].get(label), 3) + _ci(metrics, f"tasks.grounding.auc.labels.{label}", 1, 3),
+                 auc["unavailable"].get(label, "")] for label in VINDR_LOCAL_LABELS]  # fmt: skip
+        out += ["### Table 14 - Local labels (stage 1): AUC of the label-slot confidences", "",
+                _table(["label", "AUC", "note"], rows), ""]  # fmt: skip
 
     if metrics.get("unavailable"):
         out += ["## Unavailable metrics", "", "These could not be computed here; no number is reported for them.", ""]
@@ -396,6 +488,11 @@ def make_figures(
         if p:
             written.append(p)
     ground = extras.get("grounding", {})
+    if "scores" in ground:
+        p = plot_label_pr_curves(ground["y_true"], ground["scores"], VINDR_LOCAL_LABELS, fig_dir / "pr_local_labels.png",
+                                 "Local labels: PR curves of label confidences")  # fmt: skip
+        if p:
+            written.append(p)
     for t, detections in ground.get("pr_detections", {}).items():
         p = plot_detection_pr_curves(detections, fig_dir / f"pr_local_detection_iou{t}.png", f"Local labels: detection PR at IoU > {t}")
         if p:

@@ -6,22 +6,27 @@
   under three protocols - `strict` (headline: exact, negation-aware parsing; a failed answer predicts nothing),
   `failures_excluded` (failed answers removed, [C]-like) and `paper` ([C]'s substring matching); localisation:
   `acc_iou.paper` ([C]), `acc_iou.matched` (one-to-one), `map` at IoU 0.4 / 0.5 for `vindr22` and `kaggle14`;
-  text metrics on the answers with boxes removed (`paper`: tags kept, `tag_free`).
+  per-label AUC of the 22 local labels from the label-slot probabilities; text metrics on the answers with boxes
+  removed (`paper`: tags kept, `tag_free`).
 * `diagnosis` (VinDr stage 2): parse statistics; global-label classification (6 labels) under the three protocols,
   Finding vs No finding, per-label AUC from the label-slot probabilities.
 * `existence` (MIMIC): per-entity AUC (from P(Yes)), accuracy, P/R/F1 of the greedy answers (MedKLIP-style table).
 * `report` (MIMIC): text metrics.
 
-Bootstrap 95 % intervals (B=1000, seed 0 by default) of the headline numbers go to `confidence_intervals`, keyed
-by the dotted path of the value in `metrics.json`. Metrics that cannot be computed are listed under `unavailable`
-with the reason and never replaced by a number.
+With `thresholds` (fitted on **validation** predictions by `litegpt_eval.thresholds.fit_thresholds`), each task with
+label confidences also gets `thresholded`: test P/R/F1 with the label confidences cut at the validation thresholds
+(an extra protocol; the greedy-text numbers stay the headline).
+
+Bootstrap 95 % intervals (B=1000, seed 0 by default) of every metric value (not of counts) go to
+`confidence_intervals`, keyed by the dotted path of the value in `metrics.json`; images are the resampled unit.
+Metrics that cannot be computed are listed under `unavailable` with the reason and never replaced by a number.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,7 +44,19 @@ from processing_litegpt import (
 )
 
 from . import SCHEMA_VERSION
-from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_intervals, weighted_mean
+from .bootstrap import (
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    BatchStatFn,
+    auc_batch,
+    average_precision_batch,
+    binary_statistic,
+    bootstrap_intervals,
+    multilabel_statistic,
+    prf_from_counts,
+    safe_div,
+    weighted_mean_statistic,
+)
 from .box_formats import to_litegpt_answer
 from .classification import (
     FINDING,
@@ -51,12 +68,10 @@ from .classification import (
     paper_local_vector,
     strict_diagnosis_labels,
     strict_grounding_labels,
-    weighted_f1,
 )
 from .localization import (
     THRESHOLDS,
     ImageBoxes,
-    map_from_detections,
     matched_image_counts,
     mean_average_precision,
     paper_image_hits,
@@ -64,7 +79,7 @@ from .localization import (
     to_taxonomy,
 )
 from .records import PredictionsError
-from .text_metrics import compute_text_metrics, remove_boxes_and_tags, remove_boxes_paper, resample_text_metric
+from .text_metrics import bleu_from_stats, compute_text_metrics, remove_boxes_and_tags, remove_boxes_paper
 
 MAP_THRESHOLDS = (0.4, 0.5)
 PROTOCOLS = {
@@ -80,14 +95,37 @@ PROTOCOLS = {
     "map": "VOC-2010 all-point AP per class, detections ranked by box confidence (exp mean token log-prob) over the "
     "set, IoU > t, mean over classes with reference boxes; vindr22 = 22 local labels, kaggle14 = the VinBigData 14 "
     "classes + No finding pseudo-box (0,0,1,1)",
-    "auc": "ROC AUC of label confidences: max over list slots of the teacher-forced label probability (stage 2), "
-    "P(Yes)/(P(Yes)+P(No)) (existence)",
+    "auc": "ROC AUC of label confidences: max over the greedy answer's list slots (after the prefix, after each "
+    "separator, one appended after the last item) of the teacher-forced probability of the label's full token "
+    "string (stage 1: '<p>label</p>', stage 2: the label); P(Yes)/(P(Yes)+P(No)) (existence); labels without a "
+    "positive (or negative) reference are undefined, excluded from the macro mean and listed",
+    "thresholded": "extra protocol, not the headline: per-label thresholds on the label confidences chosen on the "
+    "VALIDATION predictions (each maximising that label's F1 there; ties -> the highest threshold; a label without "
+    "validation positives is never predicted) and applied unchanged to the test predictions; never tuned on test",
     "text.paper": "boxes removed with [C]'s regex, <p> tags kept",
     "text.tag_free": "boxes and <p> tags removed",
-    "bootstrap": "95 % percentile bootstrap over images",
+    "bootstrap": "95 % percentile bootstrap over images (the records of one image are resampled together); every "
+    "metric value is recomputed on each resample, counts are not resampled",
 }
-
-
+# Leaves of `tasks` that are counts of the sample (or settings), not estimates: no interval.
+COUNT_KEYS = frozenset({
+    "n", "n_samples", "n_labels", "n_classes", "support", "tp", "fp", "fn", "failures", "missing_predictions",
+    "truncated", "contradictions", "no_finding_answers", "none_answers", "gt_boxes", "images_with_gt_boxes",
+    "positives", "n_validation",
+})  # fmt: skip
+NOT_RESAMPLED = {
+    "counts": "counts of the test sample (n, support, tp/fp/fn, failures, reference boxes, hits_*...) are not "
+    "estimates and get no interval",
+    "tasks.*.thresholded.thresholds / validation_f1": "chosen / measured on the validation predictions: fixed "
+    "parameters of the thresholded protocol, not test estimates",
+}
+BOOTSTRAP_NOTES = {
+    "cider": "CIDEr-D (and cider_paper) resampled as the mean of per-image scores with the document frequencies of "
+    "the full test set (not recomputed per resample)",
+    "bleu": "BLEU recomputed from the resampled corpus n-gram statistics",
+    "map": "detections keep the TP/FP flags of their image (matching is per image); AP recomputed from the "
+    "resampled, re-weighted ranking",
+}
 def _key(t: float) -> str:
     return f"{t:g}"
 
@@ -205,6 +243,7 @@ def _grounding_rows(records: list[dict[str, Any]], box_format: str | None) -> li
                 "none_listed": parsed.none_listed, "contradiction": parsed.contradiction,
                 "truncated": bool(record.get("truncated")),
                 "no_finding_score": (record.get("scores") or {}).get("no_finding"),
+                "label_scores": (record.get("scores") or {}).get("labels"),
             }
         )  # fmt: skip
     return rows
@@ -257,6 +296,207 @@ def _image_boxes(rows: list[dict[str, Any]]) -> tuple[dict[str, ImageBoxes], dic
         gts[r["id"]] = ImageBoxes(list(r["ref"]["box_labels"]), list(r["ref"]["boxes"]))
     return preds, gts
 
+def _prf(tp: float, fp: float, fn: float) -> dict[str, float]:
+    return {
+        "precision": float(tp / (tp + fp)) if tp + fp else 0.0,
+        "recall": float(tp / (tp + fn)) if tp + fn else 0.0,
+        "f1": float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0,
+        "tp": round(tp), "fp": round(fp), "fn": round(fn),
+    }  # fmt: skip
+
+
+# ======================================================================================= shared pieces
+
+
+def _classification_statistics(prefix: str, y_true, strict, paper, ok, has_pred, labels) -> list[BatchStatFn]:
+    return [
+        multilabel_statistic(f"{prefix}.strict", labels, y_true, strict),
+        multilabel_statistic(f"{prefix}.failures_excluded", labels, y_true, strict, rows=ok),
+        multilabel_statistic(f"{prefix}.paper", labels, y_true, paper, rows=has_pred),
+    ]
+
+
+def _finding_statistics(m: dict[str, Any]) -> list[BatchStatFn]:
+    stats = []
+    for protocol, rows, finding, no_finding in (
+        ("strict", None, m["pred_finding"], m["pred_nf"]),
+        ("failures_excluded", m["ok"], m["pred_finding"], m["pred_nf"]),
+        ("paper", m["has_pred"], m["paper_finding"], 1 - m["paper_finding"]),
+    ):
+        stats.append(binary_statistic(f"finding.{protocol}.{FINDING}", 1 - m["true_nf"], finding, rows))
+        stats.append(binary_statistic(f"finding.{protocol}.{NO_FINDING}", m["true_nf"], no_finding, rows))
+    return stats
+
+
+def _failure_rate_statistic(rows: list[dict[str, Any]]) -> BatchStatFn:
+    return weighted_mean_statistic("parse.failure_rate", np.array([float(r["failed"]) for r in rows]))
+
+
+def _text_statistic(prefix: str, raw: Mapping[str, Any]) -> BatchStatFn:
+    """Every text metric of `raw` except METEOR 1.5 on resamples (see `BOOTSTRAP_NOTES`)."""
+    names = [name for name in raw if name != "meteor_coco"]
+
+    def fn(w: np.ndarray) -> dict[str, np.ndarray]:
+        out = {}
+        for name in names:
+            result = raw[name]
+            if name.startswith("bleu"):
+                totals = w @ result["stats"]
+                out[f"{prefix}.{name}"] = np.array([bleu_from_stats(row, result["max_order"]) for row in totals])
+            else:
+                out[f"{prefix}.{name}"] = safe_div(w @ result["per_sample"], w.sum(axis=1), np.nan)
+        return out
+
+    return fn
+
+
+def _nanmean_rows(stacked: np.ndarray) -> np.ndarray:
+    """Column-wise mean of the non-NaN entries of `(k, B)` (NaN where all are NaN), without warnings."""
+    valid = ~np.isnan(stacked)
+    return safe_div(np.where(valid, stacked, 0.0).sum(axis=0), valid.sum(axis=0), np.nan)
+
+
+def _float_or_nan(value: Any) -> float:
+    try:
+        return float(value) if value is not None else float("nan")
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _auc(y: np.ndarray, score: np.ndarray, weights: np.ndarray | None = None) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if weights is not None:
+        keep = weights > 0
+        y, score, weights = y[keep], score[keep], weights[keep]
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    return float(roc_auc_score(y, score, sample_weight=weights))
+
+
+def label_score_matrix(rows: list[dict[str, Any]], labels: Sequence[str]) -> np.ndarray | None:
+    """(n, labels) confidences from `row["label_scores"]` (NaN where a label is missing); None when a row has none."""
+    if not rows or any(r.get("label_scores") is None for r in rows):
+        return None
+    return np.array([[_float_or_nan(r["label_scores"].get(label)) for label in labels] for r in rows], dtype=np.float64)
+
+
+def label_auc(rows: list[dict[str, Any]], labels: Sequence[str], y_true: np.ndarray) -> tuple[dict[str, Any], list[BatchStatFn], np.ndarray | None]:
+    """Per-label ROC AUC of the rows' label confidences (`auc` entry of `metrics.json`) and its bootstrap statistic.
+
+    A label without a positive (or without a negative) reference has no AUC: `null`, excluded from the macro mean,
+    listed in `no_positive_labels` / `no_negative_labels` and under `unavailable` with the reason.
+    """
+    auc: dict[str, Any] = {"labels": {}, "unavailable": {}, "no_positive_labels": [], "no_negative_labels": []}
+    scores = label_score_matrix(rows, labels)
+    if scores is None:
+        missing = sum(1 for r in rows if r.get("label_scores") is None)
+        auc.update({"macro": None, "n_labels": 0})
+        auc["unavailable"] = {"all": f"{missing} of {len(rows)} predictions have no label confidences (scores.labels)"}
+        return auc, [], None
+    valid_k = []
+    for k, label in enumerate(labels):
+        positives = int(y_true[:, k].sum())
+        if np.isnan(scores[:, k]).any():
+            auc["labels"][label] = None
+            auc["unavailable"][label] = "some predictions lack this label's confidence"
+        elif positives == 0:
+            auc["labels"][label] = None
+            auc["no_positive_labels"].append(label)
+            auc["unavailable"][label] = "no positive reference for this label (AUC undefined; excluded from the macro mean)"
+        elif positives == len(rows):
+            auc["labels"][label] = None
+            auc["no_negative_labels"].append(label)
+            auc["unavailable"][label] = "no negative reference for this label (AUC undefined; excluded from the macro mean)"
+        else:
+            auc["labels"][label] = _auc(y_true[:, k], scores[:, k])
+            valid_k.append(k)
+    valid = [auc["labels"][labels[k]] for k in valid_k]
+    auc["macro"] = float(np.mean(valid)) if valid else None
+    auc["n_labels"] = len(valid)
+
+    def fn(w: np.ndarray) -> dict[str, np.ndarray]:
+        out = {f"auc.labels.{labels[k]}": auc_batch(y_true[:, k], scores[:, k], w) for k in valid_k}
+        if valid_k:
+            out["auc.macro"] = _nanmean_rows(np.stack([out[f"auc.labels.{labels[k]}"] for k in valid_k]))
+        return out
+
+    return auc, ([fn] if valid_k else []), scores
+
+
+def _thresholded_entry(fitted: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "protocol": PROTOCOLS["thresholded"],
+        "source": fitted.get("source"),
+        "n_validation": fitted.get("n"),
+        "thresholds": dict(fitted.get("thresholds") or {}),
+        "validation_f1": dict(fitted.get("validation_f1") or {}),
+        "no_validation_positives": list(fitted.get("no_validation_positives") or []),
+    }
+
+
+def apply_thresholds(scores: np.ndarray, labels: Sequence[str], thresholds: Mapping[str, float | None]) -> np.ndarray:
+    """0/1 predictions `score >= threshold` per label; a label without threshold (or a NaN score) predicts 0."""
+    out = np.zeros(scores.shape, dtype=np.int64)
+    for k, label in enumerate(labels):
+        thr = thresholds.get(label)
+        if thr is None:
+            continue
+        with np.errstate(invalid="ignore"):
+            out[:, k] = (scores[:, k] >= float(thr)).astype(np.int64)
+    return out
+
+
+def thresholded_classification(
+    scores: np.ndarray | None, labels: Sequence[str], y_true: np.ndarray, fitted: Mapping[str, Any] | None
+) -> tuple[dict[str, Any] | None, list[BatchStatFn]]:
+    """The `thresholded` protocol of a multi-label task: validation thresholds applied to the test confidences."""
+    if fitted is None:
+        return None, []
+    entry = _thresholded_entry(fitted)
+    if fitted.get("unavailable"):
+        entry["unavailable"] = {"all": f"no validation thresholds: {fitted['unavailable']}"}
+        return entry, []
+    if scores is None:
+        entry["unavailable"] = {"all": "the test predictions have no label confidences (scores.labels)"}
+        return entry, []
+    pred = apply_thresholds(scores, labels, entry["thresholds"])
+    entry["classification"] = multilabel_report(y_true, pred, labels)
+    return entry, [multilabel_statistic("thresholded.classification", labels, y_true, pred)]
+
+
+def _matched_statistic(counts: np.ndarray, labels: tuple[str, ...], key: str) -> BatchStatFn:
+    """Matched P/R/F1 (overall and per label) from per-image (tp, fp, fn) counts `(n, labels, 3)`."""
+    flat = counts.reshape(len(counts), -1)
+
+    def fn(w: np.ndarray) -> dict[str, np.ndarray]:
+        agg = (w @ flat).reshape(len(w), len(labels), 3)
+        out = {}
+        for name, values in zip(("precision", "recall", "f1"), prf_from_counts(*agg.sum(axis=1).T)):
+            out[f"localization.acc_iou.matched.{key}.overall.{name}"] = values
+        per_label = prf_from_counts(agg[:, :, 0], agg[:, :, 1], agg[:, :, 2])
+        for k, label in enumerate(labels):
+            for name, values in zip(("precision", "recall", "f1"), per_label):
+                out[f"localization.acc_iou.matched.{key}.labels.{label}.{name}"] = values[:, k]
+        return out
+
+    return fn
+
+
+def _map_statistic(detections: Mapping[str, Any], prefix: str) -> BatchStatFn:
+    """Per-class AP and mAP (mean over classes with reference boxes in the resample)."""
+
+    def fn(w: np.ndarray) -> dict[str, np.ndarray]:
+        out = {f"{prefix}.ap.{cls}": average_precision_batch(d.scores, d.tp, d.image_index, d.gt_per_image, w)
+               for cls, d in detections.items()}  # fmt: skip
+        out[f"{prefix}.map"] = _nanmean_rows(np.stack(list(out.values())) if out else np.full((1, len(w)), np.nan))
+        return out
+
+    return fn
+
+
+# ======================================================================================= grounding
+
 
 def score_grounding(
     records: list[dict[str, Any]],
@@ -264,8 +504,9 @@ def score_grounding(
     coco_meteor: bool = True,
     text_metrics: bool = True,
     max_listed: int | None = None,
-) -> tuple[dict[str, Any], dict[str, Callable[[np.ndarray], float]], dict[str, Any]]:
-    """Stage-1 metrics; returns `(metrics, bootstrap statistics, extras for figures)`."""
+    thresholds: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[BatchStatFn], dict[str, Any]]:
+    """Stage-1 metrics; returns `(metrics, bootstrap batch statistics, extras for figures)`."""
     rows = _grounding_rows(records, box_format)
     out: dict[str, Any] = {"n": len(rows), "parse": _parse_summary("grounding", rows, max_listed)}
     out["parse"]["no_finding_answers"] = sum(1 for r in rows if r["no_finding"])
@@ -273,44 +514,41 @@ def score_grounding(
     m = _grounding_matrices(rows)
     out["classification"] = _classification_protocols(m["y_true"], m["strict"], m["paper"], m["ok"], m["has_pred"], VINDR_LOCAL_LABELS)
     out["finding"] = _finding_protocols(m)
-    stats: dict[str, Callable[[np.ndarray], float]] = {}
+    stats: list[BatchStatFn] = [_failure_rate_statistic(rows)]
+    stats += _classification_statistics("classification", m["y_true"], m["strict"], m["paper"], m["ok"], m["has_pred"], VINDR_LOCAL_LABELS)
+    stats += _finding_statistics(m)
     ids = [r["id"] for r in rows]
-
-    for average in ("micro", "macro", "weighted", "samples"):
-        stats[f"classification.strict.averages.{average}.f1"] = (
-            lambda w, a=average: weighted_f1(m["y_true"], m["strict"], w, a)
-        )
-    for name, true_col, pred_col in (
-        (FINDING, 1 - m["true_nf"], m["pred_finding"]),
-        (NO_FINDING, m["true_nf"], m["pred_nf"]),
-    ):
-        stats[f"finding.strict.{name}.f1"] = lambda w, t=true_col, p=pred_col: weighted_f1(t[:, None], p[:, None], w, "micro")
 
     # ---------------------------------------------------------------- localisation
     loc: dict[str, Any] = {}
     hits = [paper_image_hits(r["text"], r["ref"]["text"], THRESHOLDS) for r in rows]
     gt_boxes = np.array([h["gt_boxes"] for h in hits], dtype=np.float64)
     paper = {"gt_boxes": int(gt_boxes.sum()), "images_with_gt_boxes": int((gt_boxes > 0).sum())}
-    for t in THRESHOLDS:
-        hit_t = np.array([h["hits"][t] for h in hits], dtype=np.float64)
-        paper[_key(t)] = 100.0 * hit_t.sum() / gt_boxes.sum() if gt_boxes.sum() else float("nan")
-        paper[f"hits_{_key(t)}"] = int(hit_t.sum())
-        stats[f"localization.acc_iou.paper.{_key(t)}"] = (
-            lambda w, h=hit_t: 100.0 * (h * w).sum() / (gt_boxes * w).sum() if (gt_boxes * w).sum() else float("nan")
-        )
+    hit_matrix = np.array([[h["hits"][t] for t in THRESHOLDS] for h in hits], dtype=np.float64).reshape(-1, len(THRESHOLDS))
+    for j, t in enumerate(THRESHOLDS):
+        paper[_key(t)] = 100.0 * hit_matrix[:, j].sum() / gt_boxes.sum() if gt_boxes.sum() else float("nan")
+        paper[f"hits_{_key(t)}"] = int(hit_matrix[:, j].sum())
+
+    def paper_stat(w: np.ndarray) -> dict[str, np.ndarray]:
+        acc = 100.0 * safe_div(w @ hit_matrix, (w @ gt_boxes)[:, None], np.nan)
+        return {f"localization.acc_iou.paper.{_key(t)}": acc[:, j] for j, t in enumerate(THRESHOLDS)}
+
+    stats.append(paper_stat)
+
     preds, gts = _image_boxes(rows)
     matched = {}
     for t in THRESHOLDS:
         per_image = [matched_image_counts(preds[i], gts[i], t) for i in ids]
-        totals = np.array([[sum(c[k] for c in counts.values()) for k in ("tp", "fp", "fn")] for counts in per_image], dtype=np.float64).reshape(-1, 3)
-        by_label: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-        for counts in per_image:
-            for label, c in counts.items():
-                for j, k in enumerate(("tp", "fp", "fn")):
-                    by_label[label][j] += c[k]
-        matched[_key(t)] = {"overall": _prf(*totals.sum(axis=0)), "labels": {l: _prf(*v) for l, v in sorted(by_label.items(), key=lambda kv: VINDR_LOCAL_LABELS.index(kv[0]) if kv[0] in VINDR_LOCAL_LABELS else 99)}}
-        stats[f"localization.acc_iou.matched.{_key(t)}.overall.f1"] = lambda w, c=totals: _prf(*(c * w[:, None]).sum(axis=0))["f1"]
-        stats[f"localization.acc_iou.matched.{_key(t)}.overall.recall"] = lambda w, c=totals: _prf(*(c * w[:, None]).sum(axis=0))["recall"]
+        seen = {label for counts in per_image for label in counts}
+        order = sorted(seen, key=lambda l: (VINDR_LOCAL_LABELS.index(l) if l in VINDR_LOCAL_LABELS else 99, l))
+        counts = np.zeros((len(rows), len(order), 3), dtype=np.float64)
+        for i, image_counts in enumerate(per_image):
+            for label, c in image_counts.items():
+                counts[i, order.index(label)] = (c["tp"], c["fp"], c["fn"])
+        totals = counts.sum(axis=0)
+        matched[_key(t)] = {"overall": _prf(*totals.sum(axis=0)), "labels": {label: _prf(*totals[k]) for k, label in enumerate(order)}}
+
+        stats.append(_matched_statistic(counts, tuple(order), _key(t)))
     loc["acc_iou"] = {"paper": paper, "matched": matched}
 
     has_scores = any(f["score"] is not None for r in rows for f in r["findings"])
@@ -325,11 +563,20 @@ def score_grounding(
             result = mean_average_precision(tp_preds, tp_gts, t, taxonomy_classes(taxonomy, with_nf), images=ids)
             detections = result.pop("detections")
             maps[_key(t)][taxonomy] = result
-            stats[f"localization.map.{_key(t)}.{taxonomy}.map"] = lambda w, d=detections: map_from_detections(d, w)
+
+            stats.append(_map_statistic(detections, f"localization.map.{_key(t)}.{taxonomy}"))
             if taxonomy == "vindr22":
                 pr_curves[_key(t)] = detections
     loc["map"] = maps
     out["localization"] = loc
+
+    # ---------------------------------------------------------------- label AUC (label-slot confidences)
+    out["auc"], auc_stats, scores = label_auc(rows, VINDR_LOCAL_LABELS, m["y_true"])
+    stats += auc_stats
+    entry, thr_stats = thresholded_classification(scores, VINDR_LOCAL_LABELS, m["y_true"], (thresholds or {}).get("grounding"))
+    if entry is not None:
+        out["thresholded"] = entry
+        stats += thr_stats
 
     # ---------------------------------------------------------------- text
     if text_metrics:
@@ -340,42 +587,17 @@ def score_grounding(
             if variant != "paper":
                 result["unavailable"].pop("meteor_coco", None)
             out["text"][variant] = {"values": result["values"], "unavailable": result["unavailable"]}
-            for name in ("rouge1", "rougeL", "bleu4", "meteor", "cider"):
-                if name in result["raw"]:
-                    stats[f"text.{variant}.values.{name}"] = lambda w, n=name, raw=result["raw"][name]: resample_text_metric(n, raw, w)
+            stats.append(_text_statistic(f"text.{variant}.values", result["raw"]))
     extras = {"rows": rows, "pr_detections": pr_curves}
+    if scores is not None:
+        extras.update({"scores": scores, "y_true": m["y_true"]})
     return out, stats, extras
-
-
-def _prf(tp: float, fp: float, fn: float) -> dict[str, float]:
-    return {
-        "precision": float(tp / (tp + fp)) if tp + fp else 0.0,
-        "recall": float(tp / (tp + fn)) if tp + fn else 0.0,
-        "f1": float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0,
-        "tp": round(tp), "fp": round(fp), "fn": round(fn),
-    }  # fmt: skip
 
 
 # ======================================================================================= diagnosis
 
 
-def _nan_mean(values: list[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return float(np.mean(kept)) if kept else float("nan")
-
-
-def _auc(y: np.ndarray, score: np.ndarray, weights: np.ndarray | None = None) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if weights is not None:
-        keep = weights > 0
-        y, score, weights = y[keep], score[keep], weights[keep]
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    return float(roc_auc_score(y, score, sample_weight=weights))
-
-
-def score_diagnosis(records: list[dict[str, Any]], max_listed: int | None = None):
+def _diagnosis_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for record in records:
         ref = diagnosis_reference(record)
@@ -389,6 +611,11 @@ def score_diagnosis(records: list[dict[str, Any]], max_listed: int | None = None
             "truncated": bool(record.get("truncated")),
             "label_scores": (record.get("scores") or {}).get("labels"),
         })  # fmt: skip
+    return rows
+
+
+def score_diagnosis(records: list[dict[str, Any]], max_listed: int | None = None, thresholds: Mapping[str, Any] | None = None):
+    rows = _diagnosis_rows(records)
     labels = VINDR_GLOBAL_LABELS
     out: dict[str, Any] = {"n": len(rows), "parse": _parse_summary("diagnosis", rows, max_listed)}
     y_true = np.array([label_vector(r["ref"]["global_labels"], labels) for r in rows], dtype=np.int64).reshape(-1, len(labels))
@@ -402,49 +629,26 @@ def score_diagnosis(records: list[dict[str, Any]], max_listed: int | None = None
     m = {"true_nf": y_true[:, nf], "pred_finding": pred_finding, "pred_nf": strict[:, nf], "ok": ok, "has_pred": has,
          "paper_finding": np.array([paper_global_vector(r["text"])[1] for r in rows], dtype=np.int64)}  # fmt: skip
     out["finding"] = _finding_protocols(m)
-    stats = {}
-    for average in ("micro", "macro", "weighted", "samples"):
-        stats[f"classification.strict.averages.{average}.f1"] = lambda w, a=average: weighted_f1(y_true, strict, w, a)
-    for name, true_col, pred_col in ((FINDING, 1 - m["true_nf"], m["pred_finding"]), (NO_FINDING, m["true_nf"], m["pred_nf"])):
-        stats[f"finding.strict.{name}.f1"] = lambda w, t=true_col, p=pred_col: weighted_f1(t[:, None], p[:, None], w, "micro")
+    stats: list[BatchStatFn] = [_failure_rate_statistic(rows)]
+    stats += _classification_statistics("classification", y_true, strict, paper, ok, has, labels)
+    stats += _finding_statistics(m)
 
-    # AUC from label-slot probabilities
-    have = [r["label_scores"] is not None for r in rows]
-    auc: dict[str, Any] = {"labels": {}, "unavailable": {}}
-    if rows and all(have):
-        scores = np.array([[float(r["label_scores"].get(l, np.nan)) for l in labels] for r in rows])
-        for k, label in enumerate(labels):
-            if np.isnan(scores[:, k]).any():
-                auc["labels"][label] = None
-                auc["unavailable"][label] = "some predictions lack this label's confidence"
-                continue
-            value = _auc(y_true[:, k], scores[:, k])
-            auc["labels"][label] = None if math.isnan(value) else value
-            if math.isnan(value):
-                auc["unavailable"][label] = "the reference has only one class for this label (AUC undefined)"
-            else:
-                stats[f"auc.labels.{label}"] = lambda w, k=k: _auc(y_true[:, k], scores[:, k], w)
-        valid = [v for v in auc["labels"].values() if v is not None]
-        auc["macro"] = float(np.mean(valid)) if valid else None
-        auc["n_labels"] = len(valid)
-        valid_k = [k for k, l in enumerate(labels) if auc["labels"][l] is not None]
-        if valid_k:
-            stats["auc.macro"] = lambda w: _nan_mean([_auc(y_true[:, k], scores[:, k], w) for k in valid_k])
-        extras = {"scores": scores, "y_true": y_true}
-    else:
-        auc["macro"] = None
-        reason = f"{len(have) - sum(have)} of {len(have)} predictions have no label confidences (scores.labels)"
-        auc["unavailable"] = {"all": reason}
-        extras = {}
-    out["auc"] = auc
-    extras["rows"] = rows
+    out["auc"], auc_stats, scores = label_auc(rows, labels, y_true)
+    stats += auc_stats
+    entry, thr_stats = thresholded_classification(scores, labels, y_true, (thresholds or {}).get("diagnosis"))
+    if entry is not None:
+        out["thresholded"] = entry
+        stats += thr_stats
+    extras: dict[str, Any] = {"rows": rows}
+    if scores is not None:
+        extras.update({"scores": scores, "y_true": y_true})
     return out, stats, extras
 
 
 # ======================================================================================= existence
 
 
-def score_existence(records: list[dict[str, Any]], max_listed: int | None = None):
+def _existence_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for record in records:
         ref = record["reference"]
@@ -461,42 +665,81 @@ def score_existence(records: list[dict[str, Any]], max_listed: int | None = None
             "failures": failures if text is None or answer is None else [], "failed": answer is None,
             "yes": (record.get("scores") or {}).get("yes"), "truncated": bool(record.get("truncated")),
         })  # fmt: skip
-    out: dict[str, Any] = {"n": len(rows), "parse": _parse_summary("existence", rows, max_listed), "entities": {}}
+    return rows
 
+
+def score_existence(records: list[dict[str, Any]], max_listed: int | None = None, thresholds: Mapping[str, Any] | None = None):
+    rows = _existence_rows(records)
+    out: dict[str, Any] = {"n": len(rows), "parse": _parse_summary("existence", rows, max_listed), "entities": {}}
     by_entity = defaultdict(list)
     for k, r in enumerate(rows):
         by_entity[r["entity"]].append(k)
-    aucs = []
+    labels_all = np.array([r["label"] for r in rows], dtype=np.float64)
+    pred_all = np.array([0 if r["answer"] is None else r["answer"] for r in rows], dtype=np.float64)
+    yes_all = np.array([_float_or_nan(r["yes"]) for r in rows], dtype=np.float64)
+    stats: list[BatchStatFn] = [_failure_rate_statistic(rows)]
+    aucs, auc_entities = [], []
     for entity, idx in sorted(by_entity.items()):
-        y = np.array([rows[k]["label"] for k in idx])
-        pred = np.array([0 if rows[k]["answer"] is None else rows[k]["answer"] for k in idx])
+        ix = np.array(idx)
+        y, pred = labels_all[ix], pred_all[ix]
         entry = {"n": len(idx), "positives": int(y.sum()), "failures": sum(1 for k in idx if rows[k]["failed"])}
         entry.update({f"greedy_{k}": v for k, v in binary_report(y, pred).items() if k in ("precision", "recall", "f1")})
         entry["accuracy"] = float((y == pred).mean())
-        scores = [rows[k]["yes"] for k in idx]
-        if all(s is not None for s in scores):
-            s = np.array(scores, dtype=np.float64)
-            value = _auc(y, s)
+        mask = np.zeros(len(rows))
+        mask[ix] = 1.0
+        stats.append(weighted_mean_statistic(f"entities.{entity}.accuracy", (labels_all == pred_all).astype(float), mask))
+        stats.append(binary_statistic(f"entities.{entity}", labels_all, pred_all, mask, template="{prefix}.greedy_{metric}"))
+        if not np.isnan(yes_all[ix]).any():
+            value = _auc(y, yes_all[ix])
             entry["auc"] = None if math.isnan(value) else value
             if not math.isnan(value):
                 aucs.append(value)
+                auc_entities.append((entity, ix))
+            else:
+                entry["auc_unavailable"] = "the reference has only one class for this entity (AUC undefined)"
         else:
             entry["auc"] = None
             entry["auc_unavailable"] = "no P(Yes) confidences in the predictions"
         out["entities"][entity] = entry
     out["macro_auc"] = float(np.mean(aucs)) if aucs else None
-    labels_all = np.array([r["label"] for r in rows])
-    pred_all = np.array([0 if r["answer"] is None else r["answer"] for r in rows])
     out["accuracy"] = float((labels_all == pred_all).mean()) if rows else float("nan")
-    stats = {"accuracy": lambda w: weighted_mean((labels_all == pred_all).astype(float), w)}
-    # per-entity AUC on the image-level resample
-    for entity, idx in sorted(by_entity.items()):
-        if out["entities"][entity].get("auc") is None:
-            continue
-        idx_arr = np.array(idx)
-        y = labels_all[idx_arr]
-        s = np.array([rows[k]["yes"] for k in idx], dtype=np.float64)
-        stats[f"entities.{entity}.auc"] = lambda w, y=y, s=s, ix=idx_arr: _auc(y, s, w[ix])
+    stats.append(weighted_mean_statistic("accuracy", (labels_all == pred_all).astype(float)))
+
+    def auc_stat(w: np.ndarray) -> dict[str, np.ndarray]:
+        res = {f"entities.{e}.auc": auc_batch(labels_all[ix], yes_all[ix], w[:, ix]) for e, ix in auc_entities}
+        if res:
+            res["macro_auc"] = _nanmean_rows(np.stack(list(res.values())))
+        return res
+
+    if auc_entities:
+        stats.append(auc_stat)
+
+    fitted = (thresholds or {}).get("existence")
+    if fitted is not None:
+        entry = _thresholded_entry(fitted)
+        if fitted.get("unavailable"):
+            entry["unavailable"] = {"all": f"no validation thresholds: {fitted['unavailable']}"}
+        elif np.isnan(yes_all).any():
+            entry["unavailable"] = {"all": "the test predictions have no P(Yes) confidences (scores.yes)"}
+        else:
+            pred_thr = np.zeros(len(rows))
+            for entity, idx in by_entity.items():
+                thr = entry["thresholds"].get(entity)
+                if thr is not None:
+                    pred_thr[idx] = (yes_all[idx] >= float(thr)).astype(float)
+            entry["entities"] = {}
+            for entity, idx in sorted(by_entity.items()):
+                report = binary_report(labels_all[idx], pred_thr[idx])
+                entry["entities"][entity] = {**{k: report[k] for k in ("precision", "recall", "f1", "support")},
+                                             "accuracy": float((labels_all[idx] == pred_thr[idx]).mean()),
+                                             "threshold_known": entity in entry["thresholds"]}  # fmt: skip
+                mask = np.zeros(len(rows))
+                mask[idx] = 1.0
+                stats.append(binary_statistic(f"thresholded.entities.{entity}", labels_all, pred_thr, mask))
+                stats.append(weighted_mean_statistic(f"thresholded.entities.{entity}.accuracy", (labels_all == pred_thr).astype(float), mask))
+            entry["accuracy"] = float((labels_all == pred_thr).mean()) if rows else float("nan")
+            stats.append(weighted_mean_statistic("thresholded.accuracy", (labels_all == pred_thr).astype(float)))
+        out["thresholded"] = entry
     return out, stats, {"rows": rows}
 
 
@@ -516,10 +759,7 @@ def score_report(records: list[dict[str, Any]], coco_meteor: bool = True, max_li
     out: dict[str, Any] = {"n": len(rows), "parse": _parse_summary("report", rows, max_listed)}
     result = compute_text_metrics([r["text"] for r in rows], [r["ref"] for r in rows], coco_meteor=coco_meteor)
     out["text"] = {"raw": {"values": result["values"], "unavailable": result["unavailable"]}}
-    stats = {}
-    for name in ("rouge1", "rougeL", "bleu4", "meteor", "cider"):
-        if name in result["raw"]:
-            stats[f"text.raw.values.{name}"] = lambda w, n=name, raw=result["raw"][name]: resample_text_metric(n, raw, w)
+    stats = [_failure_rate_statistic(rows), _text_statistic("text.raw.values", result["raw"])]
     return out, stats, {"rows": rows}
 
 
@@ -539,6 +779,24 @@ def _collect_unavailable(tree: Any, prefix: str, out: dict[str, str]) -> None:
                 _collect_unavailable(value, path, out)
 
 
+_SKIP_SUBTREES = ("thresholds", "validation_f1", "source", "failure_messages", "unavailable")
+
+
+def numeric_metric_paths(tree: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the finite numeric leaves of `tree` that are metric values (counts, settings and the
+    validation-fixed thresholds excluded, see `COUNT_KEYS` / `NOT_RESAMPLED`)."""
+    out: list[str] = []
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            key = str(key)
+            if key in _SKIP_SUBTREES or key in COUNT_KEYS or key.startswith("hits_"):
+                continue
+            out += numeric_metric_paths(value, f"{prefix}.{key}" if prefix else key)
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool) and math.isfinite(float(tree)):
+        out.append(prefix)
+    return out
+
+
 def score_records(
     records: list[dict[str, Any]],
     box_format: str | None = None,
@@ -549,10 +807,12 @@ def score_records(
     progress: bool = False,
     skipped: dict[str, Any] | None = None,
     max_listed: int | None = None,
+    thresholds: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """All metrics of a list of prediction records (see the module docstring).
 
     Records without a `reference` are skipped, counted and listed (`counts.skipped.missing_reference`).
+    `thresholds`: `litegpt_eval.thresholds.fit_thresholds(validation_records)` for the `thresholded` protocol.
     Returns `(metrics, extras)`; `extras` holds per-task rows and curves for figures (not JSON).
     """
     skipped = {"items": [], **(skipped or {})}
@@ -577,35 +837,64 @@ def score_records(
         },
         "tasks": {},
         "confidence_intervals": {},
+        "bootstrap": {
+            "resamples": int(bootstrap),
+            "seed": int(seed),
+            "confidence": 0.95,
+            "method": "percentile",
+            "unit": "image (records sharing an image_id are resampled together)",
+            "not_resampled": dict(NOT_RESAMPLED),
+            "notes": dict(BOOTSTRAP_NOTES),
+        },
         "unavailable": {},
     }
     extras: dict[str, Any] = {}
     for task, task_records in sorted(by_task.items(), key=lambda kv: ("grounding", "diagnosis", "existence", "report").index(kv[0])):
         if task == "grounding":
-            out, stats, extra = score_grounding(task_records, box_format, coco_meteor, text_metrics, max_listed)
+            out, stats, extra = score_grounding(task_records, box_format, coco_meteor, text_metrics, max_listed, thresholds)
         elif task == "diagnosis":
-            out, stats, extra = score_diagnosis(task_records, max_listed)
+            out, stats, extra = score_diagnosis(task_records, max_listed, thresholds)
         elif task == "existence":
-            out, stats, extra = score_existence(task_records, max_listed)
+            out, stats, extra = score_existence(task_records, max_listed, thresholds)
         else:
             out, stats, extra = score_report(task_records, coco_meteor, max_listed)
         metrics["tasks"][task] = out
         extras[task] = extra
-        if bootstrap and len(task_records) > 1:
-            intervals = bootstrap_intervals(len(task_records), stats, resamples=bootstrap, seed=seed, progress=progress)
+        image_ids = [str(r.get("image_id") or r["id"]) for r in task_records]
+        units = {image: k for k, image in enumerate(dict.fromkeys(image_ids))}
+        if bootstrap and len(units) > 1:
+            intervals = bootstrap_intervals(len(units), resamples=bootstrap, seed=seed, progress=progress,
+                                            batch_statistics=stats, cluster_index=[units[i] for i in image_ids])  # fmt: skip
             for name, interval in intervals.items():
-                metrics["confidence_intervals"][f"tasks.{task}.{name}"] = interval
+                path = f"tasks.{task}.{name}"
+                try:
+                    value = lookup(metrics, path)
+                except KeyError:
+                    continue  # a statistic of a value the point estimate does not report (e.g. an undefined AUC)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value)):
+                    metrics["confidence_intervals"][path] = interval
+            for path in numeric_metric_paths(out, f"tasks.{task}"):
+                if path in metrics["confidence_intervals"]:
+                    continue
+                if path.endswith(".meteor_coco"):
+                    reason = "METEOR 1.5 is a corpus score computed inside the Java program; rerunning it per resample is too slow"
+                else:
+                    reason = "no bootstrap statistic for this value (point estimate only)"
+                metrics["bootstrap"]["not_resampled"][path] = reason
+        elif bootstrap:
+            metrics["bootstrap"]["not_resampled"][f"tasks.{task}"] = f"{len(units)} image(s): nothing to resample"
+    if not bootstrap:
+        metrics["bootstrap"]["not_resampled"] = {"all": "no intervals requested (--bootstrap 0)"}
     _collect_unavailable(metrics["tasks"], "tasks", metrics["unavailable"])
     return metrics, extras
 
 
 def lookup(metrics: dict[str, Any], dotted: str) -> Any:
-    """Value at a dotted path of the metrics dictionary (labels may contain dots? they do not: VinDr names)."""
+    """Value at a dotted path of the metrics dictionary (keys such as "0.4" contain a dot: longest key first)."""
     node: Any = metrics
     parts = dotted.split(".")
     k = 0
     while k < len(parts):
-        # keys such as "0.4" contain a dot: try the longest key first
         for j in range(len(parts), k, -1):
             key = ".".join(parts[k:j])
             if isinstance(node, dict) and key in node:
@@ -618,14 +907,20 @@ def lookup(metrics: dict[str, Any], dotted: str) -> Any:
 
 
 __all__ = [
+    "COUNT_KEYS",
     "MAP_THRESHOLDS",
     "PROTOCOLS",
+    "apply_thresholds",
     "diagnosis_reference",
     "grounding_reference",
+    "label_auc",
+    "label_score_matrix",
     "lookup",
+    "numeric_metric_paths",
     "score_diagnosis",
     "score_existence",
     "score_grounding",
     "score_records",
     "score_report",
+    "thresholded_classification",
 ]

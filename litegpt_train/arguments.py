@@ -205,9 +205,9 @@ def sft_config_fields(sft_config_cls: type) -> set[str]:
 
 __all__ = [
     "INIT_NONE",
-    "LiteGPTScriptArguments",
     "QUANTIZATION_CHOICES",
     "STAGE_SOURCES",
+    "LiteGPTScriptArguments",
     "check_arguments",
     "resolve_adapter_config",
     "sft_config_fields",

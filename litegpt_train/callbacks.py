@@ -36,4 +36,4 @@ class CSVLoggerCallback(TrainerCallback):
             writer.writerow({column: row.get(column, "") for column in CSV_COLUMNS})
 
 
-__all__ = ["CSVLoggerCallback", "CSV_COLUMNS"]
+__all__ = ["CSV_COLUMNS", "CSVLoggerCallback"]

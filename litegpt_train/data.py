@@ -111,4 +111,4 @@ def _concatenate(parts: list[datasets.Dataset], seed: int) -> datasets.Dataset:
     return datasets.concatenate_datasets(aligned).shuffle(seed=seed)
 
 
-__all__ = ["StageData", "TRL_COLUMNS", "build_task_dataset", "check_rows_match_processor", "load_stage_data"]
+__all__ = ["TRL_COLUMNS", "StageData", "build_task_dataset", "check_rows_match_processor", "load_stage_data"]

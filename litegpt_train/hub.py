@@ -143,8 +143,10 @@ def write_model_card(
         "---",
         f"# LiteGPT-CXR: {stage} stage (LoRA adapter + projector)",
         "",
-        "A PEFT adapter (LoRA on the language model's q/v projections, projector saved in full) trained with TRL's "
-        f"`SFTTrainer` by `train_sft.py`. The base `{base_model}` carries the model's remote code.",
+        (
+            "A PEFT adapter (LoRA on the language model's q/v projections, projector saved in full) trained with "
+            f"TRL's `SFTTrainer` by `train_sft.py`. The base `{base_model}` carries the model's remote code."
+        ),
         "",
         "```python",
         "from transformers import AutoModelForImageTextToText, AutoProcessor",

@@ -8,6 +8,10 @@ import torch
 from configuration_litegpt import LiteGPTConfig
 from tiny_tokenizer import build_tiny_tokenizer
 
+# `pytest -n 2` runs two workers on CI's two cores: two torch threads each would oversubscribe the machine, and
+# tiny-model ops then run 10-40x slower (measured); one thread per worker keeps both cores busy without that.
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def tiny_config() -> LiteGPTConfig:

@@ -38,6 +38,17 @@ def vindr_rows(n: int, task: str):
     return rows
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny model is far faster on one thread than on two contended ones (pytest -n 2 on 2 cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def model_and_processor(tiny_checkpoint):
     return load_model_and_processor(str(tiny_checkpoint))
@@ -68,13 +79,14 @@ def test_resume_after_interruption_skips_done_items(model_and_processor, tmp_pat
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_generation(model, processor, items, tmp_path, decoding, batch_size=2, progress=False, on_batch=interrupt)
+        run_generation(model, processor, items, tmp_path, decoding, batch_size=2, progress=False, on_batch=interrupt,
+                       label_scores=False)
     path = tmp_path / "predictions.jsonl"
     first = path.read_text().splitlines()
     assert len(first) == 2
     with open(path, "a") as handle:  # a write cut in the middle of a line
         handle.write('{"id": "img2", "task": "grounding", "te')
-    summary = run_generation(model, processor, items, tmp_path, decoding, batch_size=2, progress=False)
+    summary = run_generation(model, processor, items, tmp_path, decoding, batch_size=2, progress=False, label_scores=False)
     assert summary["skipped_done"] == 2 and summary["written"] == 4
     lines = path.read_text().splitlines()
     assert lines[:2] == first
@@ -163,3 +175,33 @@ def test_cli_generate_then_score_only(tiny_checkpoint, tmp_path):
                           "--no_coco_meteor", "--no_figures", "--no_progress"]) == 0  # fmt: skip
     rescored = json.loads((again / "metrics.json").read_text())
     assert rescored["tasks"]["grounding"]["classification"] == metrics["tasks"]["grounding"]["classification"]
+
+
+def test_cli_threshold_split_and_baselines_in_generation_mode(tiny_checkpoint, tmp_path):
+    import datasets
+
+    import eval as eval_cli
+
+    rows = vindr_rows(6, "grounding")
+    for k, row in enumerate(rows):
+        row["image_id"] = f"img{k}"
+    data = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:2]), "validation": datasets.Dataset.from_list(rows[2:4]),
+                                 "test": datasets.Dataset.from_list(rows[4:])})  # fmt: skip
+    data.save_to_disk(str(tmp_path / "data"))
+    out = tmp_path / "results"
+    args = ["--model", str(tiny_checkpoint), "--dataset", str(tmp_path / "data"), "--split", "test", "--out", str(out),
+            "--max_new_tokens", "6", "--bootstrap", "20", "--no_coco_meteor", "--no_text_metrics", "--no_progress",
+            "--no_figures", "--threshold_split", "validation", "--baselines"]  # fmt: skip
+    assert eval_cli.main(args) == 0
+    validation = [json.loads(line) for line in (out / "thresholds_validation" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in validation] == ["img2", "img3"] and all(len(r["scores"]["labels"]) == 22 for r in validation)
+    assert json.loads((out / "thresholds_validation" / "generation_manifest.json").read_text())["split"] == "validation"
+    metrics = json.loads((out / "metrics.json").read_text())
+    grounding = metrics["tasks"]["grounding"]
+    assert grounding["n"] == 2 and grounding["thresholded"]["source"]["split"] == "validation"
+    assert set(grounding["thresholded"]["thresholds"]) == set(grounding["auc"]["labels"])
+    assert grounding["thresholded"]["thresholds"]["Cardiomegaly"] is not None  # img3 (validation) has Cardiomegaly
+    assert metrics["baselines"]["training"]["split"] == "train" and metrics["baselines"]["training"]["rows"] == 2
+    assert (out / "baselines" / "most_frequent" / "metrics.json").exists()
+    with pytest.raises(SystemExit):  # never tune on the scored split
+        eval_cli.main(args[:-3] + ["--threshold_split", "test"])

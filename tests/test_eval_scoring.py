@@ -110,4 +110,5 @@ def test_diagnosis_auc_from_label_scores_and_unavailable_without():
     metrics, _ = score_records(base, bootstrap=0)
     auc = metrics["tasks"]["diagnosis"]["auc"]
     assert auc["labels"]["COPD"] == 1.0 and auc["labels"]["Pneumonia"] == 1.0 and auc["labels"]["No finding"] == 1.0
-    assert auc["labels"]["Tuberculosis"] is None and "only one class" in auc["unavailable"]["Tuberculosis"]
+    assert auc["labels"]["Tuberculosis"] is None and "no positive reference" in auc["unavailable"]["Tuberculosis"]
+    assert auc["no_positive_labels"] == ["Lung tumor", "Tuberculosis", "Other diseases"] and auc["n_labels"] == 3
