@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--revision", help="model revision to pin (Hub)")
     src.add_argument("--dataset", help="vindr_cxr:<config>, mimic_cxr:<config>, a save_to_disk folder, or a .parquet/.jsonl file")
     src.add_argument("--data_dir", help="raw data folder for the builders")
+    src.add_argument("--dataset_settings", type=json.loads, default=None,
+                     help='builder settings as JSON, the same as training used (e.g. \'{"max_side": 256}\')')
     src.add_argument("--cache_dir", help="datasets cache folder of the builders")
     src.add_argument("--split", default="test")
     src.add_argument("--task", choices=TASKS, help="task of every row (default: from the dataset config or the prompt)")
@@ -186,7 +188,9 @@ def load_train_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dic
         raise PredictionsError("--baselines needs the training rows: pass --train_dataset (and --data_dir for a builder)")
     if spec == args.dataset and args.train_split == args.split:
         raise PredictionsError(f"--train_split {args.train_split!r} is the scored split: baselines are fitted on training data only")
-    dataset, _ = load_eval_dataset(spec, args.train_data_dir or args.data_dir, args.train_split, args.num_proc, args.cache_dir)
+    dataset, _ = load_eval_dataset(
+        spec, args.train_data_dir or args.data_dir, args.train_split, args.num_proc, args.cache_dir, args.dataset_settings
+    )
     columns = [c for c in dataset.column_names if c not in ("images", "image")]
     rows = dataset.select_columns(columns).to_list() if hasattr(dataset, "select_columns") else [dict(r) for r in dataset]
     return rows, {"dataset": spec, "split": args.train_split, "rows": len(rows)}
@@ -265,7 +269,9 @@ def generate(args: argparse.Namespace, out_dir: Path) -> tuple[list[Path], dict[
         run_generation,
     )
 
-    dataset, task = load_eval_dataset(args.dataset, args.data_dir, args.split, args.num_proc, args.cache_dir)
+    dataset, task = load_eval_dataset(
+        args.dataset, args.data_dir, args.split, args.num_proc, args.cache_dir, args.dataset_settings
+    )
     items = rows_to_items(dataset, task=args.task or task, limit=args.limit)
     if not items:
         raise PredictionsError(f"dataset {args.dataset} ({args.split}) has no rows")
@@ -291,7 +297,9 @@ def generate(args: argparse.Namespace, out_dir: Path) -> tuple[list[Path], dict[
         runs.append(Path(summary["path"]))
         manifest.setdefault("decoding", {})[name] = decoding.to_json()
     if args.threshold_split:
-        val_data, val_task = load_eval_dataset(args.dataset, args.data_dir, args.threshold_split, args.num_proc, args.cache_dir)
+        val_data, val_task = load_eval_dataset(
+            args.dataset, args.data_dir, args.threshold_split, args.num_proc, args.cache_dir, args.dataset_settings
+        )
         val_items = rows_to_items(val_data, task=args.task or val_task, limit=args.limit)
         if not val_items:
             raise PredictionsError(f"dataset {args.dataset} ({args.threshold_split}) has no rows for the thresholds")

@@ -259,7 +259,11 @@ def evaluate_stage(plan: StagePlan, script_args: LiteGPTScriptArguments) -> Path
     import eval as litegpt_eval_cli
 
     family, _ = STAGE_SOURCES[plan.stage]
-    data_dir = script_args.data_dir if family == "vindr_cxr" else script_args.mimic_data_dir
+    data_dir, settings = (
+        (script_args.data_dir, script_args.dataset_settings)
+        if family == "vindr_cxr"
+        else (script_args.mimic_data_dir, script_args.mimic_settings)
+    )
     out = plan.output_dir / "eval"
     argv = [
         "--model", str(plan.output_dir),
@@ -269,6 +273,7 @@ def evaluate_stage(plan: StagePlan, script_args: LiteGPTScriptArguments) -> Path
         "--out", str(out),
         "--batch_size", str(script_args.eval_batch_size),
         "--bootstrap", str(script_args.eval_bootstrap),
+        "--dataset_settings", json.dumps(settings),
     ]
     if script_args.dataset_cache_dir:
         argv += ["--cache_dir", script_args.dataset_cache_dir]

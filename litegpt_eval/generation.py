@@ -173,10 +173,16 @@ def rows_to_items(rows: Iterable[dict[str, Any]], task: str | None = None, limit
 
 
 def load_eval_dataset(
-    spec: str, data_dir: str | None = None, split: str = "test", num_proc: int | None = None, cache_dir: str | None = None
+    spec: str,
+    data_dir: str | None = None,
+    split: str = "test",
+    num_proc: int | None = None,
+    cache_dir: str | None = None,
+    settings: dict[str, Any] | None = None,
 ):
     """A dataset from `builder:config` (`vindr_cxr:grounding`, `vindr_cxr:diagnosis`, `mimic_cxr:existence`,
-    `mimic_cxr:report`, built with the project's builders from `data_dir`, in `cache_dir` when given), a
+    `mimic_cxr:report`, built with the project's builders from `data_dir` with builder `settings` (those training
+    used, e.g. `{"dedup": "mean"}`), in `cache_dir` when given), a
     `save_to_disk` folder (its `split`), or Parquet / JSON Lines files (the whole file: `split` is ignored).
     Returns `(dataset, task or None)`."""
     if ":" in spec and not os.path.exists(spec):
@@ -194,7 +200,10 @@ def load_eval_dataset(
         if data_dir is None:
             raise ValueError(f"--data_dir is required to build {spec}")
         kwargs = {"cache_dir": cache_dir} if cache_dir else {}
-        builder = builder_cls(config_name=config, data_dir=data_dir, **kwargs)
+        try:
+            builder = builder_cls(config_name=config, data_dir=data_dir, **kwargs, **(settings or {}))
+        except TypeError as err:  # an unknown setting name
+            raise ValueError(f"{name} builder settings {sorted(settings or {})}: {err}") from None
         builder.download_and_prepare(num_proc=num_proc) if num_proc else builder.download_and_prepare()
         task = {"grounding": "grounding", "diagnosis": "diagnosis", "existence": "existence", "report": "report"}.get(config)
         return builder.as_dataset(split=split), task

@@ -46,6 +46,8 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
 def _fresh_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env["HF_HUB_OFFLINE"] = "1"
+    # Same intra-op thread count as this process, so that float reductions (and logits) match bit for bit.
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     return env
 
 
