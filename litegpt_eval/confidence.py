@@ -203,7 +203,7 @@ def shared_prefix_logprobs(
         if cache is None or keep < len(prompt_ids):
             cache, keep = None, 0
         elif keep < len(cached_ids):
-            cache.crop(keep)
+            cache.crop(keep - len(cached_ids))  # transformers 5: a negative count of tokens to drop from the end
         new = torch.tensor([full[keep:]], dtype=torch.long, device=device)
         with torch.no_grad():
             result = model(input_ids=new, past_key_values=cache, use_cache=True, **(cond if cache is None else {}))

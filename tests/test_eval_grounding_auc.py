@@ -83,6 +83,9 @@ def test_cached_teacher_forcing_equals_plain_teacher_forcing(tiny):
     # also contexts that are not nested (cache cropped back) and single-token continuations
     pairs += [(tok("Loc", add_special_tokens=False)["input_ids"], tok("a", add_special_tokens=False)["input_ids"]),
               ([], tok("Yes", add_special_tokens=False)["input_ids"]), ([], tok("No", add_special_tokens=False)["input_ids"])]  # fmt: skip
+    # same-length contexts that diverge after a shared token: the cache is cropped back by a (negative) token count
+    pairs += [(tok(ctx, add_special_tokens=False)["input_ids"], tok("b", add_special_tokens=False)["input_ids"])
+              for ctx in ("Qa", "Qz")]  # fmt: skip
     plain = continuation_logprobs(model, prompt_ids, cond, pairs, tok.pad_token_id or 0)
     cached = shared_prefix_logprobs(model, prompt_ids, cond, pairs, batch_size=4)
     assert cached == pytest.approx(plain, abs=1e-4)
