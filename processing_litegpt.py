@@ -764,6 +764,22 @@ def completion_messages(answer: str) -> list[dict[str, Any]]:
     return [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
 
 
+def messages_text(messages: Any) -> str:
+    """The text of TRL messages (content as a string or a list of blocks), blocks joined by a space; `""` for None."""
+    if messages is None:
+        return ""
+    if isinstance(messages, str):
+        return messages
+    parts = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else message
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(block.get("text") or "" for block in content if isinstance(block, dict))
+    return " ".join(p for p in parts if p)
+
+
 # ======================================================================================= chat template
 
 # Llama-2 chat layout with LiteGPT's image wrapper (DESIGN §2):
@@ -1271,6 +1287,7 @@ __all__ = [
     "build_image_processor",
     "canonical_label",
     "completion_messages",
+    "messages_text",
     "dicom_to_uint8",
     "format_diagnosis_answer",
     "format_grounding_answer",

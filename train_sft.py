@@ -41,8 +41,8 @@ from trl import SFTConfig, SFTTrainer, TrlParser
 from litegpt_train.arguments import (
     STAGE_SOURCES,
     LiteGPTScriptArguments,
-    _looks_like_hub_id,
     check_arguments,
+    looks_like_hub_id,
     sft_config_fields,
 )
 from litegpt_train.callbacks import CSVLoggerCallback
@@ -81,7 +81,7 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[LiteGPTScriptArgumen
     if training_args.push_to_hub:
         if not training_args.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (stage repos are <hub_model_id>-<stage>)")
-        if not script_args.hub_base_model_id and not _looks_like_hub_id(script_args.model_name_or_path):
+        if not script_args.hub_base_model_id and not looks_like_hub_id(script_args.model_name_or_path):
             raise ValueError(
                 f"push_to_hub: the base {script_args.model_name_or_path} is a local folder; set hub_base_model_id to "
                 "the Hub repo of that base (with its remote code) so that the pushed adapter can find it"

@@ -42,6 +42,7 @@ from processing_litegpt import (
     canonical_label,
     format_diagnosis_answer,
     format_grounding_answer,
+    messages_text,
 )
 
 from .bootstrap import DEFAULT_SEED
@@ -135,21 +136,6 @@ class TrainingStatistics:
         }
 
 
-def _message_text(messages: Any) -> str | None:
-    if messages is None:
-        return None
-    if isinstance(messages, str):
-        return messages
-    parts = []
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else message
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts.extend(block.get("text") or "" for block in content if isinstance(block, dict))
-    return " ".join(p for p in parts if p)
-
-
 def fit_training_statistics(train_rows: Iterable[Mapping[str, Any]]) -> TrainingStatistics:
     """Label frequencies, the k rule, mean boxes per label, existence majorities and the most frequent report of
     the training rows (builder columns: `local_labels`, `global_labels`, `no_finding`, `box_labels`, `boxes`,
@@ -171,9 +157,8 @@ def fit_training_statistics(train_rows: Iterable[Mapping[str, Any]]) -> Training
             continue
         has_vindr = any(row.get(key) is not None for key in ("local_labels", "global_labels", "box_labels"))
         if not has_vindr:
-            text = _message_text(row.get("completion"))
-            if text is None:
-                text = row.get("answer") or row.get("text")
+            completion = row.get("completion")
+            text = messages_text(completion) if completion is not None else row.get("answer") or row.get("text")
             if text:
                 reports[text] += 1
                 stats.report_rows += 1

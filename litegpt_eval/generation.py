@@ -34,6 +34,7 @@ from processing_litegpt import (
     REPORT_INSTRUCTION,
     VINDR_GLOBAL_LABELS,
     VINDR_LOCAL_LABELS,
+    messages_text,
     parse_diagnosis_answer,
     parse_grounding_answer,
     parse_yes_no,
@@ -74,25 +75,9 @@ class EvalItem:
     reference: dict[str, Any] = field(default_factory=dict)
 
 
-def _message_text(messages: Any) -> str:
-    """Concatenated text of TRL messages (content as a string or a list of blocks)."""
-    if messages is None:
-        return ""
-    if isinstance(messages, str):
-        return messages
-    parts = []
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else message
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts.extend(block.get("text") or "" for block in content if isinstance(block, dict))
-    return " ".join(p for p in parts if p)
-
-
 def infer_task(row: dict[str, Any]) -> str:
     """Task of a row from its prompt text (the stage instructions of DESIGN §2)."""
-    text = _message_text(row.get("prompt"))
+    text = messages_text(row.get("prompt"))
     if GROUNDING_INSTRUCTION in text or "[identify]" in text or "[grounding]" in text:
         return "grounding"
     if DIAGNOSIS_INSTRUCTION in text:
@@ -137,7 +122,7 @@ def row_to_item(row: dict[str, Any], task: str | None = None) -> EvalItem:
         if size is None:
             raise ValueError(f"row {image_id!r}: no width/height and the image size is unknown")
         width, height = size
-    reference_text = _message_text(row.get("completion")) if row.get("completion") is not None else row.get("answer")
+    reference_text = messages_text(row.get("completion")) if row.get("completion") is not None else row.get("answer")
     reference: dict[str, Any] = {"width": float(width), "height": float(height)}
     if reference_text is not None:
         reference["text"] = reference_text

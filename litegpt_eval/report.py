@@ -383,6 +383,19 @@ def _plt():
     return plt
 
 
+def _save_pr_figure(plt, fig, ax, drawn: int, path, title: str, legend_fontsize: int, legend_loc: str) -> str | None:
+    """Label, save and close a precision-recall figure; None (nothing written) when no curve was drawn."""
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.legend(fontsize=legend_fontsize, loc=legend_loc)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
 def plot_label_pr_curves(y_true: np.ndarray, scores: np.ndarray, labels, path: str | os.PathLike, title: str) -> str | None:
     """Per-label precision-recall curves of label confidences (sklearn's `precision_recall_curve`)."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
@@ -397,15 +410,7 @@ def plot_label_pr_curves(y_true: np.ndarray, scores: np.ndarray, labels, path: s
         ap = average_precision_score(y_true[:, k], scores[:, k])
         ax.step(recall, precision, where="post", label=f"{label} (AP {ap:.2f})")
         drawn += 1
-    if not drawn:
-        plt.close(fig)
-        return None
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+    return _save_pr_figure(plt, fig, ax, drawn, path, title, legend_fontsize=7, legend_loc="lower left")
 
 
 def plot_detection_pr_curves(detections: Mapping[str, Any], path: str | os.PathLike, title: str, max_labels: int = 12) -> str | None:
@@ -427,15 +432,7 @@ def plot_detection_pr_curves(detections: Mapping[str, Any], path: str | os.PathL
             recall, precision = tp / n_gt, tp / np.maximum(tp + fp, 1e-12)
         ax.plot(recall, precision, label=f"{label} (AP {det.ap():.2f}, n={int(n_gt)})")
         drawn += 1
-    if not drawn:
-        plt.close(fig)
-        return None
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
-    ax.legend(fontsize=6, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+    return _save_pr_figure(plt, fig, ax, drawn, path, title, legend_fontsize=6, legend_loc="upper right")
 
 
 def plot_box_overlay(row: Mapping[str, Any], path: str | os.PathLike, image: Any = None) -> str:

@@ -166,7 +166,7 @@ def check_arguments(script_args: LiteGPTScriptArguments, sft_fields: set[str]) -
     if script_args.init_from:
         resolve_adapter_config(script_args.init_from, what="init_from")
     base = script_args.model_name_or_path
-    if not _looks_like_hub_id(base) and not Path(base).exists() and not script_args.base_preset:
+    if not looks_like_hub_id(base) and not Path(base).exists() and not script_args.base_preset:
         raise FileNotFoundError(f"model_name_or_path {base} does not exist (set base_preset to build the demo base)")
 
 
@@ -177,7 +177,7 @@ def resolve_adapter_config(adapter: str, what: str = "adapter", revision: str | 
         return json.loads((path / "adapter_config.json").read_text())
     if path.exists():
         raise FileNotFoundError(f"{what} {adapter}: no adapter_config.json there (a PEFT adapter folder is expected)")
-    if not _looks_like_hub_id(adapter):
+    if not looks_like_hub_id(adapter):
         raise FileNotFoundError(f"{what} {adapter} does not exist")
     try:
         from huggingface_hub import hf_hub_download
@@ -194,7 +194,7 @@ def _task_list(tasks: Any) -> list[str]:
     return [tasks] if isinstance(tasks, str) else list(tasks)
 
 
-def _looks_like_hub_id(name: str) -> bool:
+def looks_like_hub_id(name: str) -> bool:
     """`owner/name` that is not an existing path: a Hub repository id."""
     return name.count("/") == 1 and not Path(name).exists() and not name.startswith((".", "/", "~"))
 
@@ -209,6 +209,7 @@ __all__ = [
     "STAGE_SOURCES",
     "LiteGPTScriptArguments",
     "check_arguments",
+    "looks_like_hub_id",
     "resolve_adapter_config",
     "sft_config_fields",
 ]

@@ -8,6 +8,8 @@ from typing import Any
 
 import datasets
 
+from processing_litegpt import messages_text
+
 from .arguments import STAGE_SOURCES, LiteGPTScriptArguments
 
 logger = logging.getLogger(__name__)
@@ -65,8 +67,7 @@ def check_rows_match_processor(rows: datasets.Dataset, processor: Any, task: str
     """The rows' task token must be the processor's (a model trained on `[grounding]` answers `[grounding]` only)."""
     if len(rows) == 0:
         return
-    texts = [block.get("text") or "" for message in rows[0]["prompt"] for block in message["content"]]
-    prompt_text = " ".join(t for t in texts if t)
+    prompt_text = messages_text(rows[0]["prompt"])
     token = processor.task_tokens.get(task)
     if token and not prompt_text.startswith(token):
         raise ValueError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import Counter
@@ -88,20 +87,23 @@ def attach_adapter(model: torch.nn.Module, script_args: LiteGPTScriptArguments, 
     return model
 
 
+def parameter_role(name: str) -> str:
+    """Role of a parameter by its name: lora, projector, vision (demo only) or other (never expected to train)."""
+    if ".lora_" in name:
+        return "lora"
+    if "multi_modal_projector" in name:
+        return "projector"
+    if "vision_tower" in name:
+        return "vision"
+    return "other"
+
+
 def trainable_parameter_groups(model: torch.nn.Module) -> Counter:
-    """Trainable parameter counts by role: lora, projector, vision (demo only) or other (never expected)."""
+    """Trainable parameter counts by `parameter_role`."""
     groups: Counter = Counter()
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if ".lora_" in name:
-            groups["lora"] += param.numel()
-        elif "multi_modal_projector" in name:
-            groups["projector"] += param.numel()
-        elif "vision_tower" in name:
-            groups["vision"] += param.numel()
-        else:
-            groups["other"] += param.numel()
+        if param.requires_grad:
+            groups[parameter_role(name)] += param.numel()
     return groups
 
 
@@ -109,8 +111,7 @@ def check_trainable_parameters(model: torch.nn.Module, allow_towers: bool = Fals
     """Only LoRA and the projector train (plus the towers in the demo-only setting); anything else is a bug."""
     groups = trainable_parameter_groups(model)
     if groups["other"]:
-        names = [n for n, p in model.named_parameters() if p.requires_grad and ".lora_" not in n
-                 and "multi_modal_projector" not in n and "vision_tower" not in n]
+        names = [n for n, p in model.named_parameters() if p.requires_grad and parameter_role(n) == "other"]
         raise RuntimeError(f"unexpected trainable parameters (the LM base must stay frozen): {names[:5]}")
     if groups["vision"] and not allow_towers:
         raise RuntimeError("vision tower parameters are trainable although train_vision_towers is off")
@@ -178,18 +179,13 @@ def _quantized_shape_ok(base_shape: tuple[int, ...], adapter_shape: tuple[int, .
     return len(base_shape) == 2 and base_shape[1] == 1
 
 
-def adapter_base_path(adapter_dir: str | Path) -> str | None:
-    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-    return config.get("base_model_name_or_path")
-
-
 __all__ = [
     "VISION_TOWER_MODULES",
-    "adapter_base_path",
     "attach_adapter",
     "check_adapter_matches_base",
     "check_trainable_parameters",
     "load_base_model",
+    "parameter_role",
     "lora_config_for",
     "trainable_parameter_groups",
 ]

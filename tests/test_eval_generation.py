@@ -38,17 +38,6 @@ def vindr_rows(n: int, task: str):
     return rows
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model is far faster on one thread than on two contended ones (pytest -n 2 on 2 cores)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model_and_processor(tiny_checkpoint):
     return load_model_and_processor(str(tiny_checkpoint))

@@ -25,16 +25,6 @@ from litegpt_eval.scoring import score_records
 from processing_litegpt import LOCAL_PREFIX, VINDR_LOCAL_LABELS, format_grounding_answer, prompt_messages
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_grounding_slots_are_where_a_phrase_begins():
     answer = format_grounding_answer([("Cardiomegaly", (100, 200, 500, 600)), ("Nodule/Mass", (10, 20, 50, 60))], 1000, 800)
     first = f"{LOCAL_PREFIX} <p>Cardiomegaly</p> {{<10><25><50><75>}}"

@@ -60,15 +60,6 @@ EXPECTED_UPLOAD = [
 
 
 # ============================================================================================ fixtures
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny matrices: one intra-op thread is faster, and spin-waiting threads on a shared 2-core box are 100x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def build_tiny_base(out_dir: Path, **preset_overrides) -> Path:
     """A saved tiny LiteGPT base (weights, remote code, processor), as `scripts.litegpt_checkpoint` writes them."""
     from tiny_tokenizer import build_tiny_tokenizer
