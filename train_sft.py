@@ -36,7 +36,7 @@ import torch
 from accelerate import PartialState
 from transformers import enable_full_determinism, set_seed
 from transformers.trainer_utils import get_last_checkpoint
-from trl import SFTConfig, SFTTrainer, TrlParser
+from trl import SFTConfig, TrlParser
 
 from litegpt_train.arguments import (
     STAGE_SOURCES,
@@ -50,6 +50,7 @@ from litegpt_train.data import load_stage_data
 from litegpt_train.feature_cache import CachedProjectorInputsCollator, ProjectorInputCache
 from litegpt_train.hub import TRAINING_RECORD, push_stage, write_model_card
 from litegpt_train.model import attach_adapter, check_adapter_matches_base, load_base_model
+from litegpt_train.trainer import LiteGPTSFTTrainer
 
 logger = logging.getLogger("train_sft")
 
@@ -203,7 +204,7 @@ def train_stage(
         for split in rows:
             cache.fill(model, processor, (row["images"] for row in split), total=len(split),
                        show_progress=not plan.args.disable_tqdm)
-    trainer = SFTTrainer(
+    trainer = LiteGPTSFTTrainer(
         model=model,
         args=plan.args,
         train_dataset=data.train,
@@ -211,6 +212,11 @@ def train_stage(
         processing_class=processor,
         data_collator=_collator(processor, plan.args, cache),
         callbacks=[CSVLoggerCallback()],
+        role_learning_rates={
+            "projector": script_args.projector_learning_rate,
+            "vision": script_args.vision_tower_learning_rate,
+        },
+        loss_normalization=script_args.loss_normalization,
     )
     result = trainer.train(resume_from_checkpoint=plan.resume_from)
     trainer.save_model(str(plan.output_dir))

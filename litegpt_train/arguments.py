@@ -18,6 +18,7 @@ STAGE_SOURCES: dict[str, tuple[str, str]] = {
     "report": ("mimic_cxr", "report"),
     "existence": ("mimic_cxr", "existence"),
 }
+LOSS_NORMALIZATIONS = ("batch", "dataset")  # see litegpt_train.trainer.mean_loss_tokens_per_row
 QUANTIZATION_CHOICES = ("none", "8bit", "4bit")
 INIT_NONE = "none"
 
@@ -79,6 +80,19 @@ class LiteGPTScriptArguments:
         default=False,
         metadata={"help": "DEMO-ONLY: also train the vision encoders (the paper freezes them); they are then saved "
                           "in the adapter (modules_to_save)"},
+    )
+    projector_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "learning rate of the projector (LLaVA's mm_projector_lr); default: SFTConfig's learning_rate"},
+    )
+    vision_tower_learning_rate: float | None = field(
+        default=None, metadata={"help": "learning rate of the vision encoders when train_vision_towers is on"}
+    )
+    loss_normalization: str = field(
+        default="batch",
+        metadata={"help": "divisor of a batch's summed token loss: 'batch' = its own answer-token count (TRL/transformers "
+                          "default), 'dataset' = its rows x the mean answer tokens per training row (every token "
+                          "weighs the same over the dataset; see litegpt_train.trainer.mean_loss_tokens_per_row)"},
     )
     cache_projector_inputs: bool = field(
         default=False, metadata={"help": "compute the frozen encoders' output once per image and reuse it every epoch/stage"}
@@ -152,6 +166,16 @@ def check_arguments(script_args: LiteGPTScriptArguments, sft_fields: set[str]) -
             raise ValueError("stage_overrides cannot move output_dir: stage outputs are <output_dir>/<stage>")
     if script_args.quantization not in QUANTIZATION_CHOICES:
         raise ValueError(f"quantization must be one of {QUANTIZATION_CHOICES}, got {script_args.quantization!r}")
+    if script_args.loss_normalization not in LOSS_NORMALIZATIONS:
+        raise ValueError(f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {script_args.loss_normalization!r}")
+    for name in ("projector_learning_rate", "vision_tower_learning_rate"):
+        value = getattr(script_args, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if script_args.projector_learning_rate is not None and not script_args.train_projector:
+        raise ValueError("projector_learning_rate is set but train_projector is off")
+    if script_args.vision_tower_learning_rate is not None and not script_args.train_vision_towers:
+        raise ValueError("vision_tower_learning_rate is set but train_vision_towers is off")
     if script_args.cache_projector_inputs and script_args.train_vision_towers:
         raise ValueError("cache_projector_inputs needs frozen encoders: it cannot be combined with train_vision_towers")
     families = {STAGE_SOURCES[t][0] for s in stages for t in [s, *_task_list(script_args.mix.get(s, []))]}

@@ -2,7 +2,7 @@
 
 One reference run (both stages, a short schedule with a high learning rate so that the tiny model really learns)
 is shared by the loss, frozen-weights, label-mask, push and resume tests; the resume and projector-input cache
-tests compare fresh runs against it. `SFTTrainer` is only ever subclassed here, from the test side, to observe a
+tests compare fresh runs against it. `LiteGPTSFTTrainer` is only ever subclassed here, from the test side, to observe a
 run (model state before/after `train()`, the collator it used) or to interrupt one; `train_sft.py` itself runs
 unchanged. The 2-process DDP test goes through `accelerate launch` with `configs/accelerate/cpu_ddp.yaml`.
 """
@@ -132,7 +132,7 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def recording_trainer(records: list[dict[str, Any]], extra_callbacks: tuple = ()):
     """An `SFTTrainer` that records, per stage, the trainer and the model state before and after `train()`."""
 
-    class RecordingSFTTrainer(train_sft.SFTTrainer):
+    class RecordingSFTTrainer(train_sft.LiteGPTSFTTrainer):
         def __init__(self, *args, callbacks=None, **kwargs):
             super().__init__(*args, callbacks=[*(callbacks or []), *extra_callbacks], **kwargs)
 
@@ -150,7 +150,7 @@ def run_sft(config: Path, *argv: str, trainer_cls=None) -> list[Path]:
     """`train_sft.main` in this process, optionally with a test-side `SFTTrainer` subclass."""
     with pytest.MonkeyPatch.context() as patch:
         if trainer_cls is not None:
-            patch.setattr(train_sft, "SFTTrainer", trainer_cls)
+            patch.setattr(train_sft, "LiteGPTSFTTrainer", trainer_cls)
         return train_sft.main(["--config", str(config), *argv])
 
 
@@ -510,7 +510,7 @@ class TrainerMustNotStart:
 
 def assert_fails_before_training(argv: list[str], out: Path, error: type[Exception], match: str) -> None:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_sft, "SFTTrainer", TrainerMustNotStart)
+        patch.setattr(train_sft, "LiteGPTSFTTrainer", TrainerMustNotStart)
         with pytest.raises(error, match=match):
             train_sft.main(argv)
     leftovers = sorted(str(p.relative_to(out)) for p in out.rglob("*")) if out.exists() else []
@@ -572,6 +572,9 @@ def foreign_adapters(tmp_path_factory) -> dict[str, Path]:
         ("push_local_base_without_hub_base", ValueError, r"local folder; set hub_base_model_id"),
         ("push_without_hub_model_id", ValueError, r"push_to_hub needs hub_model_id"),
         ("missing_base", FileNotFoundError, r"model_name_or_path .* does not exist"),
+        ("projector_lr_without_projector", ValueError, r"projector_learning_rate is set but train_projector is off"),
+        ("negative_projector_lr", ValueError, r"projector_learning_rate must be a positive number"),
+        ("unknown_loss_normalization", ValueError, r"loss_normalization must be one of \('batch', 'dataset'\)"),
     ],
 )
 def test_bad_input_fails_before_training(
@@ -617,6 +620,12 @@ def test_bad_input_fails_before_training(
         overrides.update(push_to_hub=True, hub_base_model_id=HUB_BASE)
     elif case == "missing_base":
         overrides["model_name_or_path"] = str(tmp_path / "no_base")
+    elif case == "projector_lr_without_projector":
+        overrides.update(train_projector=False, projector_learning_rate=1e-2)
+    elif case == "negative_projector_lr":
+        overrides["projector_learning_rate"] = -1e-3
+    elif case == "unknown_loss_normalization":
+        overrides["loss_normalization"] = "sequence"
     config = make_config(tmp_path / "config.yaml", out, **overrides)
     assert_fails_before_training(["--config", str(config), *extra], out, error, match)
 
@@ -626,6 +635,48 @@ def test_foreign_adapter_check_accepts_an_adapter_of_this_base(reference_run, ma
     config = make_config(tmp_path / "config.yaml", tmp_path / "out", init_from=str(reference_run["out"] / "grounding"))
     script_args, _ = train_sft.parse_arguments(["--config", str(config)])
     train_sft.check_init_adapter(script_args)  # no error
+
+
+# ============================================================================================ 6b. optimiser options
+def test_projector_rate_and_dataset_loss_normalisation(make_config, tmp_path):
+    """projector_learning_rate reaches the optimiser and is scheduled like the rest; loss_normalization=dataset
+    divides each step's summed token loss by rows x the mean answer tokens per training row, not by the batch's
+    own answer-token count."""
+    out = tmp_path / "out"
+    config = make_config(
+        tmp_path / "config.yaml", out, stages=["grounding"], max_steps=3, warmup_steps=0, lr_scheduler_type="linear",
+        projector_learning_rate=LEARNING_RATE * 5, loss_normalization="dataset",
+    )
+    divisors: list[tuple[int, float, int]] = []  # (rows, divisor used, the batch's own answer-token count)
+
+    class RecordingDivisors(train_sft.LiteGPTSFTTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            own = int(inputs["labels"][..., 1:].ne(-100).sum())
+            divisors.append((len(inputs["labels"]), float(num_items_in_batch), own))
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    run_sft(config, trainer_cls=RecordingDivisors)
+
+    # The normaliser recomputed independently: all training rows (fewer than the 2048 sampled), one at a time.
+    from transformers import AutoProcessor
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    script_args, _ = train_sft.parse_arguments(["--config", str(config)])
+    processor = AutoProcessor.from_pretrained(script_args.model_name_or_path, trust_remote_code=True)
+    collator = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
+    rows = load_stage_data(script_args, "grounding", processor).train
+    per_row = [int(collator([row])["labels"][..., 1:].ne(-100).sum()) for row in rows]
+    expected = sum(per_row) / len(per_row)
+    assert len(divisors) == 3
+    for batch_rows, divisor, _ in divisors:
+        assert divisor == pytest.approx(batch_rows * expected)
+    assert any(own != pytest.approx(divisor) for _, divisor, own in divisors), "control: the batch count differs"
+
+    # Two learning rates, each decayed from its own start: linear over 3 steps, so 1/3 of it after 2 steps.
+    groups = torch.load(out / "grounding" / "checkpoint-2" / "optimizer.pt", weights_only=False)["param_groups"]
+    assert sorted({group["initial_lr"] for group in groups}) == pytest.approx([LEARNING_RATE, LEARNING_RATE * 5])
+    for group in groups:
+        assert group["lr"] == pytest.approx(group["initial_lr"] / 3)
 
 
 # ============================================================================================ 7. feature cache
@@ -690,7 +741,7 @@ DDP_WRAPPER = textwrap.dedent(
         return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
-    class ReportingTrainer(train_sft.SFTTrainer):
+    class ReportingTrainer(train_sft.LiteGPTSFTTrainer):
         def training_step(self, model, inputs, *args, **kwargs):
             # The pixels identify the rows (the text of two normal images is identical).
             self.batches_seen.append(digest(inputs["pixel_values"]) + digest(inputs["input_ids"]))
@@ -717,7 +768,7 @@ DDP_WRAPPER = textwrap.dedent(
             return result
 
 
-    train_sft.SFTTrainer = ReportingTrainer
+    train_sft.LiteGPTSFTTrainer = ReportingTrainer
     train_sft.main(sys.argv[2:])
     '''
 )

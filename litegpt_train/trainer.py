@@ -1,0 +1,105 @@
+"""`SFTTrainer` with a learning rate per parameter role (LLaVA's separate projector learning rate)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from trl import SFTTrainer
+
+from .arguments import LOSS_NORMALIZATIONS
+from .model import parameter_role
+
+logger = logging.getLogger(__name__)
+
+NORMALIZER_SAMPLE_ROWS = 2048
+
+
+def mean_loss_tokens_per_row(collator: Any, dataset: Any, seed: int, sample_rows: int = NORMALIZER_SAMPLE_ROWS) -> float:
+    """Mean number of loss tokens (shifted, unmasked labels) per training row, on up to `sample_rows` random rows.
+
+    Dividing a batch's summed token loss by `rows x this` instead of by the batch's own token count gives every
+    answer token the same weight over the dataset. The per-batch count makes the weight of a token depend on the
+    other answers in its batch: with small batches, the first token of a short answer ("No finding") outweighs the
+    first token of a long one (a list of boxes), which biases that decision towards the short answer.
+    """
+    import numpy as np
+
+    rows = np.random.default_rng(seed).permutation(len(dataset))[:sample_rows].tolist()
+    tokens = 0
+    for start in range(0, len(rows), 64):
+        batch = collator([dataset[i] for i in rows[start:start + 64]])
+        tokens += int(batch["labels"][..., 1:].ne(-100).sum())
+    if not rows or tokens == 0:
+        raise ValueError("no training row has an answer token to learn from")
+    return tokens / len(rows)
+
+
+def split_param_groups_by_role(
+    optimizer: torch.optim.Optimizer, names: dict[int, str], role_learning_rates: dict[str, float]
+) -> torch.optim.Optimizer:
+    """Split the optimizer's groups, in place and before any step, by `parameter_role`, each role at its lr.
+
+    The weight-decay split the Trainer made is kept (a group keeps its `weight_decay`); roles absent from
+    `role_learning_rates` keep the group's learning rate. Empty groups are dropped.
+    """
+    groups = []
+    for group in optimizer.param_groups:
+        by_role: dict[str, list[torch.nn.Parameter]] = {}
+        for param in group["params"]:
+            by_role.setdefault(parameter_role(names.get(id(param), "")), []).append(param)
+        for role, params in by_role.items():
+            settings = {key: value for key, value in group.items() if key != "params"}
+            settings["lr"] = role_learning_rates.get(role, group["lr"])
+            groups.append({**settings, "params": params})
+    optimizer.param_groups = []
+    for group in groups:
+        optimizer.add_param_group(group)
+    return optimizer
+
+
+class LiteGPTSFTTrainer(SFTTrainer):
+    """`SFTTrainer` whose optimizer gives some parameter roles (projector, vision) their own learning rate.
+
+    The Trainer's scheduler multiplies each group's initial learning rate, so warmup and decay apply to every role
+    alike; checkpoints save and restore the groups with the optimizer's state.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        role_learning_rates: dict[str, float] | None = None,
+        loss_normalization: str = "batch",
+        **kwargs: Any,
+    ):
+        if loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {loss_normalization!r}")
+        self.role_learning_rates = {role: lr for role, lr in (role_learning_rates or {}).items() if lr is not None}
+        self.loss_normalization = loss_normalization
+        super().__init__(*args, **kwargs)
+        self.loss_tokens_per_row = (
+            mean_loss_tokens_per_row(self.data_collator, self.train_dataset, self.args.seed)
+            if loss_normalization == "dataset" else None
+        )
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
+        counted = super()._get_num_items_in_batch(batch_samples, device)
+        if self.loss_tokens_per_row is None or counted is None:
+            return counted
+        # Same token-mean scale, but a constant per row instead of this batch's count: a batch of short answers
+        # no longer weighs its tokens more than a batch of long ones (see `mean_loss_tokens_per_row`).
+        rows = sum(len(batch["labels"]) for batch in batch_samples)
+        fixed = torch.tensor(rows * self.loss_tokens_per_row, dtype=torch.float32, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            fixed = self.accelerator.gather(fixed).sum()
+        return fixed
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        if not self.role_learning_rates:
+            return optimizer
+        names = {id(param): name for name, param in (model or self.model).named_parameters()}
+        self.optimizer = split_param_groups_by_role(optimizer, names, self.role_learning_rates)
+        logger.info("learning rate per role: %s (others %s)", self.role_learning_rates, self.args.learning_rate)
+        return self.optimizer
