@@ -1,10 +1,11 @@
-"""`SFTTrainer` with a learning rate per parameter role (LLaVA's separate projector learning rate)."""
+"""`SFTTrainer` with a learning rate per parameter role (LLaVA's projector learning rate) and a choice of loss divisor."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from trl import SFTTrainer
 
@@ -24,8 +25,6 @@ def mean_loss_tokens_per_row(collator: Any, dataset: Any, seed: int, sample_rows
     other answers in its batch: with small batches, the first token of a short answer ("No finding") outweighs the
     first token of a long one (a list of boxes), which biases that decision towards the short answer.
     """
-    import numpy as np
-
     rows = np.random.default_rng(seed).permutation(len(dataset))[:sample_rows].tolist()
     tokens = 0
     for start in range(0, len(rows), 64):
@@ -60,7 +59,9 @@ def split_param_groups_by_role(
 
 
 class LiteGPTSFTTrainer(SFTTrainer):
-    """`SFTTrainer` whose optimizer gives some parameter roles (projector, vision) their own learning rate.
+    """`SFTTrainer` whose optimizer gives some parameter roles (projector, vision) their own learning rate, and whose
+    loss divisor is either each batch's own answer-token count (`loss_normalization="batch"`, the default) or rows x
+    the dataset's mean answer tokens per row (`"dataset"`, see `mean_loss_tokens_per_row`).
 
     The Trainer's scheduler multiplies each group's initial learning rate, so warmup and decay apply to every role
     alike; checkpoints save and restore the groups with the optimizer's state.
@@ -76,7 +77,6 @@ class LiteGPTSFTTrainer(SFTTrainer):
         if loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {loss_normalization!r}")
         self.role_learning_rates = {role: lr for role, lr in (role_learning_rates or {}).items() if lr is not None}
-        self.loss_normalization = loss_normalization
         super().__init__(*args, **kwargs)
         self.loss_tokens_per_row = (
             mean_loss_tokens_per_row(self.data_collator, self.train_dataset, self.args.seed)
