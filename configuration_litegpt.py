@@ -215,6 +215,13 @@ class LiteGPTConfig(PreTrainedConfig):
             Activation between the projector's two linear layers (exact GELU).
         projector_bias (`bool`, defaults to `True`):
             Whether the projector's linear layers have biases.
+        projector_input_standardization (`bool`, defaults to `False`):
+            Standardise every projector input feature (per visual-token position and channel) with a
+            training-set mean and standard deviation held as buffers of the projector (`input_mean`,
+            `input_std`; `train_sft.py` fits them on the first stage's training images). Not in the paper,
+            whose projector starts from MiniGPT-v2's alignment. For freshly initialised projectors on encoders
+            whose tokens share a large image-independent component, it removes that component before the
+            first layer so that gradient steps change the image tokens per image rather than in common.
         text_config (`dict` or `PreTrainedConfig`):
             Config of any causal LM loadable with `AutoModel.from_config` (Llama-2-7b-chat in the paper).
         image_token (`str`, defaults to `"<ImageHere>"`):
@@ -237,6 +244,7 @@ class LiteGPTConfig(PreTrainedConfig):
         projector_hidden_size: int = 5632,
         projector_hidden_act: str = "gelu",
         projector_bias: bool = True,
+        projector_input_standardization: bool = False,
         text_config: dict[str, Any] | PreTrainedConfig | None = None,
         image_token: str = DEFAULT_IMAGE_TOKEN,
         image_token_id: int = 32000,
@@ -251,6 +259,7 @@ class LiteGPTConfig(PreTrainedConfig):
         self.projector_hidden_size = projector_hidden_size
         self.projector_hidden_act = projector_hidden_act
         self.projector_bias = projector_bias
+        self.projector_input_standardization = projector_input_standardization
         self.text_config = self._build_text_config(text_config)
         self.image_token = image_token
         self.image_token_id = image_token_id
@@ -337,7 +346,8 @@ class LiteGPTConfig(PreTrainedConfig):
         * `litegpt-7b`: the paper (BiomedCLIP ViT-B/16 + PubMedCLIP ViT-B/32 at 224 -> 245 patch tokens ->
           49 visual tokens of 3840 -> projector 5632 -> Llama-2-7b-chat, 4096).
         * `litegpt-smol`: SmolLM2-135M-Instruct as LM with small encoders of the paper's architectures and token
-          layout at 128 px (`small_vision_encoders`: width 192, depth 2; 16 visual tokens of 960): the CPU default.
+          layout at 128 px (`small_vision_encoders`: width 192, depth 2; 16 visual tokens of 960), projector inputs
+          standardised: the CPU default.
         * `tiny`: toy sizes everywhere, for tests.
         """
         presets = {
@@ -347,6 +357,9 @@ class LiteGPTConfig(PreTrainedConfig):
             "litegpt-smol": lambda: dict(
                 vision_encoders=small_vision_encoders(),
                 projector_hidden_size=2304,  # 4 x SmolLM2's hidden size 576
+                # Random encoders: their tokens share a large image-independent part that a fresh projector
+                # would otherwise amplify (see `projector_input_standardization`); train_sft fits it.
+                projector_input_standardization=True,
                 text_config=dict(SMOLLM2_135M_INSTRUCT_TEXT_CONFIG),
                 image_token_id=49152,
             ),

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, BitsAndBytesConfig, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
@@ -54,15 +55,41 @@ class LiteGPTMultiModalProjector(nn.Module):
     """`Linear(tokens_per_group * vision_hidden, projector_hidden) -> GELU -> Linear(projector_hidden, lm_hidden)`.
 
     In the paper 3840 -> 5632 -> 4096; `linear_2` takes MiniGPT-v2's `llama_proj` at conversion.
+
+    With `config.projector_input_standardization`, inputs are first standardised with the fixed buffers
+    `input_mean` / `input_std` of shape `(num_image_tokens, projector_input_size)` (identity until fitted).
     """
 
     def __init__(self, config: LiteGPTConfig):
         super().__init__()
+        self.standardize_inputs = config.projector_input_standardization
+        if self.standardize_inputs:
+            shape = (config.num_image_tokens, config.projector_input_size)
+            self.register_buffer("input_mean", torch.zeros(shape))
+            self.register_buffer("input_std", torch.ones(shape))
         self.linear_1 = nn.Linear(config.projector_input_size, config.projector_hidden_size, bias=config.projector_bias)
         self.act = ACT2FN[config.projector_hidden_act]
         self.linear_2 = nn.Linear(config.projector_hidden_size, config.text_config.hidden_size, bias=config.projector_bias)
 
+    @torch.no_grad()
+    def set_input_standardization(self, mean: torch.Tensor, std: torch.Tensor, min_std: float = 1e-3) -> None:
+        """Set `input_mean` / `input_std`, each `(num_image_tokens, projector_input_size)`.
+
+        `min_std` floors the deviation so that a feature constant over the fitting images is not blown up.
+        """
+        if not self.standardize_inputs:
+            raise ValueError("this projector was built with projector_input_standardization=False")
+        for name, value in (("mean", mean), ("std", std)):
+            if tuple(value.shape) != tuple(self.input_mean.shape):
+                raise ValueError(f"input {name} of shape {tuple(value.shape)}, expected {tuple(self.input_mean.shape)}")
+            if not torch.isfinite(value).all():
+                raise ValueError(f"input {name} has non-finite values")
+        self.input_mean.copy_(mean.to(self.input_mean.device, torch.float32))
+        self.input_std.copy_(std.to(self.input_std.device, torch.float32).clamp_min(min_std))
+
     def forward(self, grouped_features: torch.Tensor) -> torch.Tensor:
+        if self.standardize_inputs:
+            grouped_features = (grouped_features - self.input_mean.to(grouped_features.dtype)) / self.input_std.to(grouped_features.dtype)
         return self.linear_2(self.act(self.linear_1(grouped_features)))
 
 
@@ -124,6 +151,13 @@ class LiteGPTPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, LiteGPTMultiModalProjector) and module.standardize_inputs:
+            # Unfitted standardization is the identity (also for checkpoints saved without it).
+            init.zeros_(module.input_mean)
+            init.ones_(module.input_std)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

@@ -46,11 +46,16 @@ from litegpt_train.arguments import (
     sft_config_fields,
 )
 from litegpt_train.callbacks import CSVLoggerCallback
-from litegpt_train.data import load_stage_data
+from litegpt_train.data import add_length_column, load_stage_data
 from litegpt_train.feature_cache import CachedProjectorInputsCollator, ProjectorInputCache
 from litegpt_train.hub import TRAINING_RECORD, push_stage, write_model_card
-from litegpt_train.model import attach_adapter, check_adapter_matches_base, load_base_model
-from litegpt_train.trainer import LiteGPTSFTTrainer
+from litegpt_train.model import (
+    attach_adapter,
+    check_adapter_matches_base,
+    fit_projector_input_standardization,
+    load_base_model,
+)
+from litegpt_train.trainer import LENGTH_SAMPLERS, LiteGPTSFTTrainer
 
 logger = logging.getLogger("train_sft")
 
@@ -198,16 +203,26 @@ def train_stage(
     # Seed before the fresh LoRA is drawn (get_peft_model runs before SFTTrainer seeds): same seed, same run.
     (enable_full_determinism if plan.args.full_determinism else set_seed)(plan.args.seed)
     model = load_base_model(script_args, gradient_checkpointing=plan.args.gradient_checkpointing)
+    if plan.init_from is None and getattr(model.config, "projector_input_standardization", False):
+        # A fresh projector (first stage from the base): fit its input statistics on this stage's training
+        # images before the adapter copies the projector; later stages inherit them with the adapter.
+        fit_projector_input_standardization(
+            model, processor, (row["images"] for row in data.train), total=len(data.train),
+            show_progress=not plan.args.disable_tqdm,
+        )  # fmt: skip
     model = attach_adapter(model, script_args, plan.init_from)
     if cache is not None:
         rows = [data.train] + ([data.validation] if data.validation is not None else [])
         for split in rows:
             cache.fill(model, processor, (row["images"] for row in split), total=len(split),
                        show_progress=not plan.args.disable_tqdm)
+    train_rows = data.train
+    if plan.args.train_sampling_strategy in LENGTH_SAMPLERS:
+        train_rows = add_length_column(train_rows, processor, plan.args.length_column_name)
     trainer = LiteGPTSFTTrainer(
         model=model,
         args=plan.args,
-        train_dataset=data.train,
+        train_dataset=train_rows,
         eval_dataset=data.validation if plan.args.eval_strategy != "no" else None,
         processing_class=processor,
         data_collator=_collator(processor, plan.args, cache),
@@ -285,6 +300,8 @@ def evaluate_stage(plan: StagePlan, script_args: LiteGPTScriptArguments) -> Path
         argv += ["--cache_dir", script_args.dataset_cache_dir]
     if script_args.eval_baselines:
         argv += ["--baselines"]
+    if not script_args.eval_label_scores:
+        argv += ["--no_label_scores"]
     status = litegpt_eval_cli.main(argv)
     if status:
         raise RuntimeError(f"eval.py failed on stage {plan.stage} (exit {status})")

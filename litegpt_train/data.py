@@ -49,7 +49,7 @@ def build_task_dataset(script_args: LiteGPTScriptArguments, task: str, num_proc:
         "config": config_name,
         "builder_version": str(builder.config.version),
         "fingerprint": builder.config_id,
-        "settings": builder.config.settings,
+        "settings": builder.settings,
         "rows": {name: len(split) for name, split in splits.items()},
         "skipped": _count_skips(builder),
     }
@@ -104,6 +104,18 @@ def load_stage_data(
     return StageData(stage=stage, train=train, validation=validation, sources=sources)
 
 
+def add_length_column(rows: datasets.Dataset, processor: Any, column: str = "length") -> datasets.Dataset:
+    """`rows` plus `column`: text tokens of prompt + completion per row, what the Trainer's `group_by_length` sampler
+    sorts by (TRL vision rows have no `input_ids` to measure). Image tokens, the same for every row, are left out.
+    An existing column is kept."""
+    if column in rows.column_names:
+        return rows
+    tokenizer = processor.tokenizer
+    texts = [messages_text(prompt) + " " + messages_text(completion) for prompt, completion in zip(rows["prompt"], rows["completion"])]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return rows.add_column(column, lengths)
+
+
 def _concatenate(parts: list[datasets.Dataset], seed: int) -> datasets.Dataset:
     if len(parts) == 1:
         return parts[0]
@@ -112,4 +124,4 @@ def _concatenate(parts: list[datasets.Dataset], seed: int) -> datasets.Dataset:
     return datasets.concatenate_datasets(aligned).shuffle(seed=seed)
 
 
-__all__ = ["TRL_COLUMNS", "StageData", "build_task_dataset", "check_rows_match_processor", "load_stage_data"]
+__all__ = ["TRL_COLUMNS", "StageData", "add_length_column", "build_task_dataset", "check_rows_match_processor", "load_stage_data"]

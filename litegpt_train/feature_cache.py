@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -56,7 +56,7 @@ class ProjectorInputCache:
     @staticmethod
     def check_model(model: torch.nn.Module) -> None:
         """Refuse to cache features of encoders that train: their outputs change every step."""
-        backbone = _litegpt_backbone(model)
+        backbone = litegpt_backbone(model)
         if any(p.requires_grad for tower in backbone.vision_towers for p in tower.parameters()):
             raise ValueError(
                 "cache_projector_inputs needs frozen vision encoders, but train_vision_towers is on: "
@@ -75,21 +75,10 @@ class ProjectorInputCache:
     ) -> int:
         """Compute and store the projector inputs of `images` (one list of images per row); returns new entries."""
         self.check_model(model)
-        backbone = _litegpt_backbone(model)
+        backbone = litegpt_backbone(model)
         device = next(backbone.multi_modal_projector.parameters()).device
         added = 0
-        batch: list[Any] = []
-        bar = tqdm(total=total, desc="caching projector inputs", unit="row", disable=not show_progress)
-
-        def flush() -> None:
-            nonlocal added, batch
-            if not batch:
-                return
-            # Through the processor itself (image loading, RGB conversion, resize, normalisation), so the keys
-            # equal those of the pixels TRL's collator produces for the same rows.
-            pixel_values = processor(
-                images=[[image] for image in batch], text=[processor.image_token] * len(batch), return_tensors="pt"
-            )["pixel_values"]
+        for pixel_values in processed_pixel_batches(processor, images, batch_size, total, "caching projector inputs", show_progress):
             keys = [pixel_digest(row) for row in pixel_values]
             todo = [i for i, key in enumerate(keys) if key not in self._store]
             if todo:
@@ -98,15 +87,6 @@ class ProjectorInputCache:
                     if keys[i] not in self._store:  # the same image twice in one batch
                         self._store[keys[i]] = feature.to("cpu", self.dtype)
                         added += 1
-            batch = []
-
-        for row_images in images:
-            batch.extend(row_images)
-            bar.update(1)
-            if len(batch) >= batch_size:
-                flush()
-        flush()
-        bar.close()
         logger.info("projector-input cache: %d images (%d new)", len(self._store), added)
         return added
 
@@ -118,6 +98,37 @@ class ProjectorInputCache:
             return torch.stack([self._store[key] for key in keys])
         self.misses += sum(key not in self._store for key in keys)
         return None
+
+
+def processed_pixel_batches(
+    processor: Any,
+    images: Iterable[Sequence[Any]],
+    batch_size: int = 16,
+    total: int | None = None,
+    desc: str = "processing images",
+    show_progress: bool = True,
+) -> Iterator[torch.Tensor]:
+    """`pixel_values` batches of about `batch_size` images from rows of images, with a progress bar over rows.
+
+    Through the processor itself (image loading, RGB conversion, resize, normalisation), so the pixels (and the
+    cache keys taken from them) equal those TRL's collator produces for the same rows.
+    """
+    batch: list[Any] = []
+    with tqdm(total=total, desc=desc, unit="row", disable=not show_progress) as bar:
+        for row_images in images:
+            batch.extend(row_images)
+            bar.update(1)
+            if len(batch) >= batch_size:
+                yield _pixel_values(processor, batch)
+                batch = []
+        if batch:
+            yield _pixel_values(processor, batch)
+
+
+def _pixel_values(processor: Any, images: list[Any]) -> torch.Tensor:
+    return processor(images=[[image] for image in images], text=[processor.image_token] * len(images), return_tensors="pt")[
+        "pixel_values"
+    ]
 
 
 class CachedProjectorInputsCollator(DataCollatorForVisionLanguageModeling):
@@ -142,7 +153,7 @@ class CachedProjectorInputsCollator(DataCollatorForVisionLanguageModeling):
         return batch
 
 
-def _litegpt_backbone(model: torch.nn.Module) -> torch.nn.Module:
+def litegpt_backbone(model: torch.nn.Module) -> torch.nn.Module:
     """The `LiteGPTModel` inside a full, PEFT-wrapped or quantised LiteGPT model."""
     for module in model.modules():
         if hasattr(module, "get_projector_inputs") and hasattr(module, "vision_towers"):
@@ -150,4 +161,4 @@ def _litegpt_backbone(model: torch.nn.Module) -> torch.nn.Module:
     raise TypeError(f"{type(model).__name__} holds no LiteGPT backbone (get_projector_inputs)")
 
 
-__all__ = ["CachedProjectorInputsCollator", "ProjectorInputCache", "pixel_digest"]
+__all__ = ["CachedProjectorInputsCollator", "ProjectorInputCache", "litegpt_backbone", "pixel_digest", "processed_pixel_batches"]

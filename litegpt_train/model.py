@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,42 @@ def load_base_model(script_args: LiteGPTScriptArguments, gradient_checkpointing:
     if script_args.train_vision_towers:
         model.freeze_vision(False)
     return model
+
+
+@torch.no_grad()
+def fit_projector_input_standardization(
+    model: torch.nn.Module,
+    processor: Any,
+    images: Iterable[Sequence[Any]],
+    total: int | None = None,
+    batch_size: int = 16,
+    show_progress: bool = True,
+) -> int:
+    """Set the projector's input standardization to the mean / std of the projector inputs of `images`.
+
+    `images` holds one list of images per training row. The statistics are streamed (float64 sums), so the paper's
+    15,000 images need no more memory than one batch. Returns the number of images seen.
+    """
+    from .feature_cache import litegpt_backbone, processed_pixel_batches
+
+    backbone = litegpt_backbone(model)
+    projector = backbone.multi_modal_projector
+    device = next(projector.parameters()).device
+    count, total_sum, total_squares = 0, 0.0, 0.0
+    for pixel_values in processed_pixel_batches(
+        processor, images, batch_size, total, "fitting projector input standardization", show_progress
+    ):
+        features = backbone.get_projector_inputs(pixel_values.to(device)).double()
+        count += features.shape[0]
+        total_sum = total_sum + features.sum(0)
+        total_squares = total_squares + features.square().sum(0)
+    if count < 2:
+        raise ValueError(f"fitting the projector input standardization needs at least 2 training images, got {count}")
+    mean = total_sum / count
+    variance = ((total_squares - count * mean.square()) / (count - 1)).clamp_min(0.0)
+    projector.set_input_standardization(mean.float(), variance.sqrt().float())
+    logger.info("projector input standardization fitted on %d training images", count)
+    return count
 
 
 def lora_config_for(script_args: LiteGPTScriptArguments, base_model_name_or_path: str):
@@ -138,14 +175,15 @@ def check_adapter_matches_base(adapter: str, model: torch.nn.Module, revision: s
     """Raise `ValueError` when an adapter was trained on another base (other sizes, layers or modules).
 
     Every LoRA matrix must sit on an existing layer with matching in/out features, every fully saved module
-    (projector) must have the base's parameter shapes. PEFT itself would fail later, mid-load, or not at all
+    (projector) must have the base's parameter and buffer shapes. PEFT itself would fail later, mid-load, or not at all
     when only `modules_to_save` differ.
     """
     config = resolve_adapter_config(adapter, what="adapter", revision=revision)
     if config.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"adapter {adapter} is a {config.get('peft_type')} adapter; LiteGPT trains LoRA")
     modules = dict(model.named_modules())
-    params = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    # Fully saved modules carry their buffers too (the projector's input standardization).
+    params = {name: tuple(t.shape) for name, t in [*model.named_parameters(), *model.named_buffers()]}
     problems = []
     for key, shape in _adapter_weight_shapes(adapter, revision).items():
         name = key.removeprefix("base_model.model.")

@@ -15,6 +15,8 @@ from .model import parameter_role
 logger = logging.getLogger(__name__)
 
 NORMALIZER_SAMPLE_ROWS = 2048
+# Trainer samplers that read per-row lengths from `args.length_column_name`.
+LENGTH_SAMPLERS = ("group_by_length", "batch_rebalance")
 
 
 def mean_loss_tokens_per_row(collator: Any, dataset: Any, seed: int, sample_rows: int = NORMALIZER_SAMPLE_ROWS) -> float:
@@ -94,6 +96,13 @@ class LiteGPTSFTTrainer(SFTTrainer):
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             fixed = self.accelerator.gather(fixed).sum()
         return fixed
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # TRL keeps only the prompt-completion and image columns of vision rows; a length-grouping sampler also
+        # needs the length column (see `litegpt_train.data.add_length_column`).
+        super()._set_signature_columns_if_needed()
+        if self.args.train_sampling_strategy in LENGTH_SAMPLERS and self.args.length_column_name not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, self.args.length_column_name]
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         optimizer = super().create_optimizer(model)

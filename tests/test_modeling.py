@@ -233,3 +233,61 @@ def test_processor_inserts_exactly_the_tokens_the_model_consumes(tiny_model_and_
     wrong = processor(images=image, text=processor.task_prompt("grounding"), return_tensors="pt")
     with pytest.raises(ValueError, match="tokens: 5, features: 4"):
         model(**wrong)
+
+
+# ------------------------------------------------------------------ projector input standardization
+def _standardizing_model(seed: int = 0) -> LiteGPTForConditionalGeneration:
+    torch.manual_seed(seed)
+    return LiteGPTForConditionalGeneration(LiteGPTConfig.from_preset("tiny", projector_input_standardization=True)).eval()
+
+
+def test_unfitted_standardization_is_the_identity(tiny_model):
+    """Same seed, same weights: the flag alone changes nothing until statistics are set."""
+    standardizing = _standardizing_model()
+    projector = standardizing.model.multi_modal_projector
+    assert projector.input_mean.abs().max() == 0 and (projector.input_std == 1).all()
+    inputs = tiny_model.model.get_projector_inputs(torch.randn(2, 3, 32, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(projector(inputs), tiny_model.model.multi_modal_projector(inputs), rtol=0, atol=0)
+
+
+def test_fitted_standardization_feeds_standardized_inputs_to_the_first_layer():
+    model = _standardizing_model()
+    projector = model.model.multi_modal_projector
+    inputs = torch.randn(3, *projector.input_mean.shape)
+    mean, std = torch.randn(projector.input_mean.shape), torch.rand(projector.input_std.shape) + 0.5
+    projector.set_input_standardization(mean, std)
+    with torch.no_grad():
+        expected = projector.linear_2(projector.act(projector.linear_1((inputs - mean) / std)))
+        torch.testing.assert_close(projector(inputs), expected)
+    projector.set_input_standardization(mean, torch.zeros_like(std))
+    assert projector.input_std.min() == pytest.approx(1e-3), "a constant feature is floored, not divided by 0"
+
+
+def test_standardization_statistics_are_checked():
+    projector = _standardizing_model().model.multi_modal_projector
+    shape = projector.input_mean.shape
+    with pytest.raises(ValueError, match="input mean of shape"):
+        projector.set_input_standardization(torch.zeros(shape[0] + 1, shape[1]), torch.ones(shape))
+    with pytest.raises(ValueError, match="non-finite"):
+        projector.set_input_standardization(torch.zeros(shape), torch.full(shape, float("nan")))
+    with pytest.raises(ValueError, match="projector_input_standardization=False"):
+        LiteGPTForConditionalGeneration(LiteGPTConfig.from_preset("tiny")).model.multi_modal_projector.set_input_standardization(
+            torch.zeros(shape), torch.ones(shape)
+        )
+
+
+def test_standardization_statistics_survive_save_and_load(tmp_path, tiny_checkpoint):
+    model = _standardizing_model()
+    projector = model.model.multi_modal_projector
+    projector.set_input_standardization(torch.randn(projector.input_mean.shape), torch.rand(projector.input_std.shape) + 0.5)
+    model.save_pretrained(tmp_path / "fitted")
+    loaded = LiteGPTForConditionalGeneration.from_pretrained(tmp_path / "fitted").model.multi_modal_projector
+    torch.testing.assert_close(loaded.input_mean, projector.input_mean, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.input_std, projector.input_std, rtol=0, atol=0)
+    # A checkpoint saved without the option loads into a standardizing config as the identity, not garbage.
+    config = LiteGPTConfig.from_pretrained(tiny_checkpoint)
+    config.projector_input_standardization = True
+    fresh = LiteGPTForConditionalGeneration.from_pretrained(tiny_checkpoint, config=config).model.multi_modal_projector
+    assert fresh.input_mean.abs().max() == 0 and (fresh.input_std == 1).all()
+

@@ -10,7 +10,9 @@ unchanged. The 2-process DDP test goes through `accelerate launch` with `configs
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -248,6 +250,9 @@ def test_diagnosis_starts_from_the_grounding_adapter(reference_run):
         assert torch.equal(diagnosis["initial"][key], grounding["final"][key]), key
     record = json.loads((reference_run["out"] / "diagnosis" / "litegpt_training.json").read_text())
     assert record["completed"] and record["init_from"] == str(reference_run["out"] / "grounding")
+    (source,) = record["data"]
+    assert source["dataset"] == "vindr_cxr" and source["config"] == "diagnosis"
+    assert isinstance(source["settings"], dict) and source["settings"]["max_side"] == 64, "the builder's settings, as data"
 
 
 # ============================================================================================ 2. what trains
@@ -679,6 +684,92 @@ def test_projector_rate_and_dataset_loss_normalisation(make_config, tmp_path):
         assert group["lr"] == pytest.approx(group["initial_lr"] / 3)
 
 
+def test_projector_input_standardization_is_fitted_once_on_stage_one_training_images(make_config, tmp_path, monkeypatch):
+    """A base built with projector_input_standardization: stage 1 fits the statistics on its training images
+    before the adapter copies the projector; the adapter carries them and stage 2 inherits them unchanged."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    base = build_tiny_base(tmp_path / "base", projector_input_standardization=True)
+    out = tmp_path / "out"
+    config = make_config(tmp_path / "config.yaml", out, model_name_or_path=str(base), max_steps=2, save_steps=10)
+    fits: list[int] = []
+    real_fit = train_sft.fit_projector_input_standardization
+
+    def counting_fit(*args: Any, **kwargs: Any) -> int:
+        fits.append(real_fit(*args, **kwargs))
+        return fits[-1]
+
+    monkeypatch.setattr(train_sft, "fit_projector_input_standardization", counting_fit)
+    run_sft(config)
+
+    # Independently: the projector inputs of every grounding training image, in one batch.
+    script_args, _ = train_sft.parse_arguments(["--config", str(config)])
+    processor = AutoProcessor.from_pretrained(base, trust_remote_code=True)
+    rows = load_stage_data(script_args, "grounding", processor).train
+    images = [image for row in rows for image in row["images"]]
+    pixels = processor(images=[[image] for image in images], text=[processor.image_token] * len(images), return_tensors="pt")
+    model = AutoModelForImageTextToText.from_pretrained(base, trust_remote_code=True)
+    with torch.no_grad():
+        features = model.model.get_projector_inputs(pixels["pixel_values"])
+    assert fits == [len(images)], "fitted once, in stage 1, on all its training images"
+    for stage in STAGES:
+        saved = load_file(out / stage / "adapter_model.safetensors")
+        mean = next(v for k, v in saved.items() if k.endswith("multi_modal_projector.input_mean"))
+        std = next(v for k, v in saved.items() if k.endswith("multi_modal_projector.input_std"))
+        torch.testing.assert_close(mean, features.mean(0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(std, features.std(0).clamp_min(1e-3), rtol=1e-5, atol=1e-5)
+    assert features.std(0).mean() > 0.01, "control: the statistics are not the identity"
+    loaded = load_peft(base, out / "diagnosis").base_model.model.model.multi_modal_projector
+    torch.testing.assert_close(loaded.modules_to_save["default"].input_mean, features.mean(0), rtol=1e-5, atol=1e-5)
+
+
+def test_group_by_length_sorts_rows_by_the_added_length_column(make_config, tmp_path):
+    """train_sampling_strategy=group_by_length works on TRL vision rows: train_sft adds the text-token length
+    column and the trainer keeps it for transformers' LengthGroupedSampler, whose mega-batches are sorted longest
+    first (a random order would rarely sort every one of 6 batches)."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    config = make_config(tmp_path / "config.yaml", tmp_path / "out", stages=["grounding"], train_sampling_strategy="group_by_length")
+    batches: list[list[int]] = []
+    samplers: list[Any] = []
+
+    class RecordingLengths(train_sft.LiteGPTSFTTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            batches.append(inputs["attention_mask"].sum(1).tolist())
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        def _get_train_sampler(self, train_dataset=None):
+            samplers.append(super()._get_train_sampler(train_dataset))
+            return samplers[-1]
+
+    run_sft(config, trainer_cls=RecordingLengths)
+    assert len(samplers) == 1 and isinstance(samplers[0], LengthGroupedSampler)
+    assert samplers[0].lengths is not None, "lengths came from the column, not from input_ids"
+    assert len(batches) == STEPS
+    for lengths in batches[1:]:  # the sampler swaps the overall longest row into the first batch
+        # Sorted by the column's text-token count, which the chat template's joins shift by a token or so.
+        assert all(later <= earlier + 2 for earlier, later in itertools.pairwise(lengths)), lengths
+    assert len({length for lengths in batches for length in lengths}) > 2, "control: the rows differ in length"
+
+
+def test_add_length_column_counts_prompt_and_completion_tokens(base_dir):
+    import datasets
+    from transformers import AutoProcessor
+
+    from litegpt_train.data import add_length_column
+
+    processor = AutoProcessor.from_pretrained(base_dir, trust_remote_code=True)
+    rows = datasets.Dataset.from_list([
+        {"prompt": [{"role": "user", "content": "ab"}], "completion": [{"role": "assistant", "content": "cdef"}]},
+        {"prompt": [{"role": "user", "content": "abc"}], "completion": [{"role": "assistant", "content": "d"}]},
+    ])  # fmt: skip
+    with_lengths = add_length_column(rows, processor)
+    expected = [len(processor.tokenizer("ab cdef", add_special_tokens=False)["input_ids"]),
+                len(processor.tokenizer("abc d", add_special_tokens=False)["input_ids"])]  # fmt: skip
+    assert with_lengths["length"] == expected and expected[0] != expected[1]
+    assert add_length_column(with_lengths.map(lambda row: {"length": 0}), processor)["length"] == [0, 0], "kept"
+
+
 # ============================================================================================ 7. feature cache
 def test_projector_input_cache_gives_the_same_losses(reference_run, make_config, tmp_path):
     out = tmp_path / "out"
@@ -813,3 +904,25 @@ def test_two_process_cpu_ddp_ranks_agree(make_config, tmp_path):
     assert json.loads((out / "grounding" / "litegpt_training.json").read_text())["completed"]
     losses = logged_losses(out / "grounding")
     assert sorted(losses) == list(range(1, steps + 1))
+
+
+# ============================================================================================ 9. eval after training
+@pytest.mark.parametrize("label_scores", [True, False])
+def test_eval_after_training_passes_the_stage_and_eval_settings_to_eval_py(reference_run, monkeypatch, label_scores):
+    """evaluate_stage runs eval.py on the stage's own task and folder with the config's eval_* settings."""
+    import eval as litegpt_eval_cli
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(litegpt_eval_cli, "main", lambda argv: calls.append(argv) or 0)
+    argv = ["--config", str(reference_run["config"]), "--eval_bootstrap", "7", "--eval_label_scores", str(label_scores)]
+    script_args, training_args = train_sft.parse_arguments(argv)
+    plan = next(p for p in train_sft.plan_stages(script_args, dataclasses.replace(training_args, resume_from_checkpoint="latest"))
+                if p.stage == "grounding")  # fmt: skip
+    out = train_sft.evaluate_stage(plan, script_args)
+    assert out == reference_run["out"] / "grounding" / "eval"
+    (args,) = calls
+    options = dict(zip(args[::2], args[1::2]))
+    assert options["--model"] == str(reference_run["out"] / "grounding")
+    assert options["--dataset"] == "vindr_cxr:grounding" and options["--bootstrap"] == "7"
+    assert ("--no_label_scores" in args) is (not label_scores)
+    assert "--baselines" in args
