@@ -183,7 +183,7 @@ def check_adapter_matches_base(adapter: str, model: torch.nn.Module, revision: s
         raise ValueError(f"adapter {adapter} is a {config.get('peft_type')} adapter; LiteGPT trains LoRA")
     modules = dict(model.named_modules())
     # Fully saved modules carry their buffers too (the projector's input standardization).
-    params = {name: tuple(t.shape) for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    tensors = {name: tuple(t.shape) for name, t in [*model.named_parameters(), *model.named_buffers()]}
     problems = []
     for key, shape in _adapter_weight_shapes(adapter, revision).items():
         name = key.removeprefix("base_model.model.")
@@ -199,10 +199,10 @@ def check_adapter_matches_base(adapter: str, model: torch.nn.Module, revision: s
                 problems.append(f"{key}: {got} features, the base's {lora.group(1)} has {expected}")
             continue
         name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", name).replace(".original_module.", ".")
-        if name not in params:
-            problems.append(f"{key}: no parameter {name} in the base")
-        elif params[name] != shape and not _quantized_shape_ok(params[name], shape):
-            problems.append(f"{key}: shape {shape}, the base's is {params[name]}")
+        if name not in tensors:
+            problems.append(f"{key}: no parameter or buffer {name} in the base")
+        elif tensors[name] != shape and not _quantized_shape_ok(tensors[name], shape):
+            problems.append(f"{key}: shape {shape}, the base's is {tensors[name]}")
         if len(problems) >= 5:
             break
     if problems:
