@@ -231,6 +231,8 @@ def train_stage(
             "projector": script_args.projector_learning_rate,
             "vision": script_args.vision_tower_learning_rate,
         },
+        # A fresh projector first learns alone (LLaVA's feature alignment); later stages inherit it aligned.
+        role_start_steps={"lora": script_args.projector_alignment_steps} if plan.init_from is None else None,
         loss_normalization=script_args.loss_normalization,
     )
     result = trainer.train(resume_from_checkpoint=plan.resume_from)

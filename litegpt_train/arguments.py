@@ -94,6 +94,12 @@ class LiteGPTScriptArguments:
                           "default), 'dataset' = its rows x the mean answer tokens per training row (every token "
                           "weighs the same over the dataset; see litegpt_train.trainer.mean_loss_tokens_per_row)"},
     )
+    projector_alignment_steps: int = field(
+        default=0,
+        metadata={"help": "first optimizer steps of a stage that starts from a fresh projector (no init_from) in which "
+                          "only the projector learns (LoRA learning rate held at 0), like LLaVA's feature-alignment "
+                          "stage; the paper's projector starts aligned from MiniGPT-v2, so 0 (off) there"},
+    )
     cache_projector_inputs: bool = field(
         default=False, metadata={"help": "compute the frozen encoders' output once per image and reuse it every epoch/stage"}
     )
@@ -177,6 +183,15 @@ def check_arguments(script_args: LiteGPTScriptArguments, sft_fields: set[str]) -
         value = getattr(script_args, name)
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if script_args.projector_alignment_steps < 0:
+        raise ValueError(f"projector_alignment_steps must be >= 0, got {script_args.projector_alignment_steps}")
+    if script_args.projector_alignment_steps and not script_args.train_projector:
+        raise ValueError("projector_alignment_steps trains the projector alone, but train_projector is off")
+    if script_args.projector_alignment_steps and script_args.init_from:
+        raise ValueError(
+            "projector_alignment_steps applies to a stage that starts from a fresh projector; init_from "
+            f"{script_args.init_from} brings a trained one"
+        )
     if script_args.projector_learning_rate is not None and not script_args.train_projector:
         raise ValueError("projector_learning_rate is set but train_projector is off")
     if script_args.vision_tower_learning_rate is not None and not script_args.train_vision_towers:

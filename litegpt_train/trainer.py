@@ -1,4 +1,5 @@
-"""`SFTTrainer` with a learning rate per parameter role (LLaVA's projector learning rate) and a choice of loss divisor."""
+"""`SFTTrainer` with a learning rate and a start step per parameter role (LLaVA's projector learning rate and
+feature-alignment phase) and a choice of loss divisor."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from trl import SFTTrainer
 
 from .arguments import LOSS_NORMALIZATIONS
@@ -43,7 +45,7 @@ def split_param_groups_by_role(
     """Split the optimizer's groups, in place and before any step, by `parameter_role`, each role at its lr.
 
     The weight-decay split the Trainer made is kept (a group keeps its `weight_decay`); roles absent from
-    `role_learning_rates` keep the group's learning rate. Empty groups are dropped.
+    `role_learning_rates` keep the group's learning rate. Each group records its `role`. Empty groups are dropped.
     """
     groups = []
     for group in optimizer.param_groups:
@@ -53,6 +55,7 @@ def split_param_groups_by_role(
         for role, params in by_role.items():
             settings = {key: value for key, value in group.items() if key != "params"}
             settings["lr"] = role_learning_rates.get(role, group["lr"])
+            settings["role"] = role
             groups.append({**settings, "params": params})
     optimizer.param_groups = []
     for group in groups:
@@ -60,10 +63,34 @@ def split_param_groups_by_role(
     return optimizer
 
 
+def hold_roles_until(scheduler: LambdaLR, role_start_steps: dict[str, int]) -> LambdaLR:
+    """Make `scheduler` give the groups of each role in `role_start_steps` a learning rate of 0 before that step.
+
+    From the start step on, a held group follows the run's schedule (warmup, decay) at that step's value, as the
+    other groups do. Needs groups tagged by `split_param_groups_by_role` and a `LambdaLR` (all of transformers'
+    step-based schedules). The hold is a plain function, so checkpoints store nothing for it and a resumed run
+    rebuilds it from the same settings.
+    """
+    if not isinstance(scheduler, LambdaLR):
+        raise TypeError(f"holding parameter roles needs a LambdaLR schedule, got {type(scheduler).__name__}")
+    for index, group in enumerate(scheduler.optimizer.param_groups):
+        start = role_start_steps.get(group.get("role"), 0)
+        if start <= 0:
+            continue
+
+        def held(step: int, schedule=scheduler.lr_lambdas[index], start: int = start) -> float:
+            return 0.0 if step < start else schedule(step)
+
+        scheduler.lr_lambdas[index] = held
+        group["lr"] = scheduler.base_lrs[index] * held(scheduler.last_epoch)
+    return scheduler
+
+
 class LiteGPTSFTTrainer(SFTTrainer):
-    """`SFTTrainer` whose optimizer gives some parameter roles (projector, vision) their own learning rate, and whose
-    loss divisor is either each batch's own answer-token count (`loss_normalization="batch"`, the default) or rows x
-    the dataset's mean answer tokens per row (`"dataset"`, see `mean_loss_tokens_per_row`).
+    """`SFTTrainer` whose optimizer gives some parameter roles (projector, vision) their own learning rate, whose
+    schedule can hold some roles (LoRA) at 0 for the first steps, and whose loss divisor is either each batch's own
+    answer-token count (`loss_normalization="batch"`, the default) or rows x the dataset's mean answer tokens per
+    row (`"dataset"`, see `mean_loss_tokens_per_row`).
 
     The Trainer's scheduler multiplies each group's initial learning rate, so warmup and decay apply to every role
     alike; checkpoints save and restore the groups with the optimizer's state.
@@ -73,12 +100,16 @@ class LiteGPTSFTTrainer(SFTTrainer):
         self,
         *args: Any,
         role_learning_rates: dict[str, float] | None = None,
+        role_start_steps: dict[str, int] | None = None,
         loss_normalization: str = "batch",
         **kwargs: Any,
     ):
         if loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {loss_normalization!r}")
         self.role_learning_rates = {role: lr for role, lr in (role_learning_rates or {}).items() if lr is not None}
+        self.role_start_steps = {role: int(step) for role, step in (role_start_steps or {}).items() if step}
+        if any(step < 0 for step in self.role_start_steps.values()):
+            raise ValueError(f"role start steps must be >= 0, got {self.role_start_steps}")
         super().__init__(*args, **kwargs)
         self.loss_tokens_per_row = (
             mean_loss_tokens_per_row(self.data_collator, self.train_dataset, self.args.seed)
@@ -106,9 +137,24 @@ class LiteGPTSFTTrainer(SFTTrainer):
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         optimizer = super().create_optimizer(model)
-        if not self.role_learning_rates:
+        if not self.role_learning_rates and not self.role_start_steps:
             return optimizer
         names = {id(param): name for name, param in (model or self.model).named_parameters()}
         self.optimizer = split_param_groups_by_role(optimizer, names, self.role_learning_rates)
         logger.info("learning rate per role: %s (others %s)", self.role_learning_rates, self.args.learning_rate)
+        if self.role_start_steps:
+            logger.info("parameter roles held at learning rate 0 until step: %s", self.role_start_steps)
         return self.optimizer
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        created = self.lr_scheduler is None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if created and self.role_start_steps:
+            hold_roles_until(scheduler, self.role_start_steps)
+            never = sorted(role for role, step in self.role_start_steps.items() if step >= num_training_steps)
+            if never:
+                logger.warning("roles %s start at or after the last of %d steps: they will not train", never,
+                               num_training_steps)
+        return scheduler

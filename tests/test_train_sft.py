@@ -427,6 +427,23 @@ def test_resume_after_kill_equals_uninterrupted_run(reference_run, make_config, 
     assert record["resumed_from"] == str(killed_dir / f"checkpoint-{kill_step}")
 
 
+def test_resume_inside_the_projector_alignment_steps_equals_an_uninterrupted_run(make_config, tmp_path):
+    """The LoRA hold is rebuilt from the settings on resume: killed at step 2 of 3 held steps, the run ends as an
+    uninterrupted one does."""
+    settings = {"stages": ["grounding"], "max_steps": 4, "projector_alignment_steps": 3}
+    run_sft(make_config(tmp_path / "straight.yaml", tmp_path / "straight", **settings))
+    config = make_config(tmp_path / "config.yaml", tmp_path / "out", **settings)
+    with pytest.raises(SimulatedKill):
+        run_sft(config, trainer_cls=recording_trainer([], extra_callbacks=(KillAfterSave("grounding", 2),)))
+    run_sft(config, "--resume_from_checkpoint", "latest")
+    ours = load_file(tmp_path / "out" / "grounding" / "adapter_model.safetensors")
+    theirs = load_file(tmp_path / "straight" / "grounding" / "adapter_model.safetensors")
+    assert set(ours) == set(theirs)
+    for key in theirs:
+        assert torch.allclose(ours[key], theirs[key], rtol=0, atol=1e-6), key
+    assert any(theirs[key].any() for key in theirs if "lora_B" in key), "control: LoRA joined at step 4"
+
+
 # ============================================================================================ 5. push
 def test_upload_file_set_is_exact(reference_run):
     for stage in STAGES:
@@ -580,6 +597,8 @@ def foreign_adapters(tmp_path_factory) -> dict[str, Path]:
         ("projector_lr_without_projector", ValueError, r"projector_learning_rate is set but train_projector is off"),
         ("negative_projector_lr", ValueError, r"projector_learning_rate must be a positive number"),
         ("unknown_loss_normalization", ValueError, r"loss_normalization must be one of \('batch', 'dataset'\)"),
+        ("negative_alignment_steps", ValueError, r"projector_alignment_steps must be >= 0"),
+        ("alignment_steps_with_trained_projector", ValueError, r"applies to a stage that starts from a fresh projector"),
     ],
 )
 def test_bad_input_fails_before_training(
@@ -631,6 +650,10 @@ def test_bad_input_fails_before_training(
         overrides["projector_learning_rate"] = -1e-3
     elif case == "unknown_loss_normalization":
         overrides["loss_normalization"] = "sequence"
+    elif case == "negative_alignment_steps":
+        overrides["projector_alignment_steps"] = -1
+    elif case == "alignment_steps_with_trained_projector":
+        overrides.update(projector_alignment_steps=2, init_from=str(reference_run["out"] / "grounding"))
     config = make_config(tmp_path / "config.yaml", out, **overrides)
     assert_fails_before_training(["--config", str(config), *extra], out, error, match)
 
@@ -682,6 +705,30 @@ def test_projector_rate_and_dataset_loss_normalisation(make_config, tmp_path):
     assert sorted({group["initial_lr"] for group in groups}) == pytest.approx([LEARNING_RATE, LEARNING_RATE * 5])
     for group in groups:
         assert group["lr"] == pytest.approx(group["initial_lr"] / 3)
+
+
+def test_projector_alignment_steps_train_the_projector_alone_then_lora_joins(make_config, tmp_path, base_dir):
+    """projector_alignment_steps=2: the checkpoint after 2 steps still has the fresh LoRA (B all zero, A as
+    drawn) but a trained projector; after step 4 LoRA has learned too. Stage 2 (from stage 1) holds nothing."""
+    out = tmp_path / "out"
+    config = make_config(tmp_path / "config.yaml", out, max_steps=4, projector_alignment_steps=2)
+    records: list[dict[str, Any]] = []
+    run_sft(config, trainer_cls=recording_trainer(records))
+    initial = {r["stage"]: r["initial"] for r in records}
+
+    base = load_file(base_dir / "model.safetensors")
+    aligned = load_file(out / "grounding" / "checkpoint-2" / "adapter_model.safetensors")
+    final = load_file(out / "grounding" / "adapter_model.safetensors")
+    lora_b = [k for k in aligned if "lora_B" in k]
+    lora_a = [k for k in aligned if "lora_A" in k]
+    assert lora_b and all(not aligned[k].any() for k in lora_b), "LoRA B moved during the alignment steps"
+    fresh_a = {adapter_key(name): t for name, t in initial["grounding"].items() if is_lora(name) and "lora_A" in name}
+    assert all(torch.equal(aligned[k], fresh_a[k]) for k in lora_a)
+    projector = [k for k in aligned if "multi_modal_projector" in k and k.endswith("weight")]
+    assert projector and any(not torch.equal(aligned[k], base[k.replace("base_model.model.", "")]) for k in projector)
+    assert any(final[k].any() for k in lora_b), "LoRA never joined"
+    stage2 = load_file(out / "diagnosis" / "checkpoint-2" / "adapter_model.safetensors")
+    assert any(not torch.equal(stage2[k], final[k]) for k in lora_b), "stage 2 held its LoRA too"
 
 
 def test_projector_input_standardization_is_fitted_once_on_stage_one_training_images(make_config, tmp_path, monkeypatch):

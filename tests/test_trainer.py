@@ -1,11 +1,12 @@
-"""`litegpt_train.trainer`: learning rate per parameter role and the dataset-constant loss normaliser."""
+"""`litegpt_train.trainer`: learning rate and start step per parameter role, and the dataset-constant loss normaliser."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from transformers import get_cosine_schedule_with_warmup
 
-from litegpt_train.trainer import mean_loss_tokens_per_row, split_param_groups_by_role
+from litegpt_train.trainer import hold_roles_until, mean_loss_tokens_per_row, split_param_groups_by_role
 
 
 class TinyVLM(torch.nn.Module):
@@ -53,6 +54,58 @@ def test_scheduler_scales_every_role_from_its_own_rate():
     rates = {names[id(g["params"][0])].split(".")[0]: g["lr"] for g in optimizer.param_groups}
     assert rates["multi_modal_projector"] == pytest.approx(5e-3)
     assert rates["q_proj"] == pytest.approx(5e-4)
+
+
+def lora_and_projector_rates(scheduler, names, steps: int) -> list[dict[str, float]]:
+    """Each role's learning rate at steps 0..steps-1 (what optimizer.step uses), the scheduler stepped between."""
+    rates = []
+    for _ in range(steps):
+        rates.append({names[id(g["params"][0])].split(".")[0]: g["lr"] for g in scheduler.optimizer.param_groups})
+        scheduler.optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_held_role_learns_nothing_before_its_start_step_then_follows_the_schedule():
+    model = TinyVLM()
+    names = {id(p): n for n, p in model.named_parameters()}
+    optimizer = split_param_groups_by_role(trainer_style_optimizer(model), names, {"projector": 1e-2})
+    scheduler = hold_roles_until(get_cosine_schedule_with_warmup(optimizer, 2, 10), {"lora": 4})
+    twin = TinyVLM()
+    twin_names = {id(p): n for n, p in twin.named_parameters()}
+    twin_optimizer = split_param_groups_by_role(trainer_style_optimizer(twin), twin_names, {"projector": 1e-2})
+    reference = lora_and_projector_rates(get_cosine_schedule_with_warmup(twin_optimizer, 2, 10), twin_names, 10)
+    held = lora_and_projector_rates(scheduler, names, 10)
+    assert [r["q_proj"] for r in held[:4]] == [0.0] * 4
+    assert [r["q_proj"] for r in held[4:]] == pytest.approx([r["q_proj"] for r in reference[4:]])
+    assert reference[4]["q_proj"] > 0
+    assert [r["multi_modal_projector"] for r in held] == pytest.approx([r["multi_modal_projector"] for r in reference])
+
+
+def test_held_lora_weights_stay_bit_identical_until_the_start_step():
+    torch.manual_seed(0)
+    model = TinyVLM()
+    names = {id(p): n for n, p in model.named_parameters()}
+    optimizer = split_param_groups_by_role(trainer_style_optimizer(model, lr=1e-2), names, {})
+    scheduler = hold_roles_until(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0), {"lora": 3})
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x = torch.randn(4, 3)
+    for step in range(5):
+        optimizer.zero_grad()
+        model.q_proj.lora_B(model.q_proj.lora_A(model.multi_modal_projector(x))).square().sum().backward()
+        optimizer.step()
+        scheduler.step()
+        lora_same = torch.equal(model.q_proj.lora_A.weight, start["q_proj.lora_A.weight"])
+        assert lora_same == (step < 3), f"step {step}: LoRA {'unchanged' if lora_same else 'changed'}"
+        assert not torch.equal(model.multi_modal_projector.weight, start["multi_modal_projector.weight"])
+
+
+def test_hold_needs_a_lambda_schedule():
+    model = TinyVLM()
+    names = {id(p): n for n, p in model.named_parameters()}
+    optimizer = split_param_groups_by_role(trainer_style_optimizer(model), names, {})
+    with pytest.raises(TypeError, match="needs a LambdaLR schedule, got StepLR"):
+        hold_roles_until(torch.optim.lr_scheduler.StepLR(optimizer, 2), {"lora": 3})
 
 
 def test_mean_loss_tokens_per_row_counts_shifted_unmasked_labels():
