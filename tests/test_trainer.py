@@ -28,10 +28,20 @@ def trainer_style_optimizer(model: torch.nn.Module, lr: float = 1e-3) -> torch.o
     return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
+def role_split_optimizer(model: torch.nn.Module, role_rates: dict[str, float], lr: float = 1e-3):
+    """The trainer's optimizer after the role split, and the names it was split by."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return split_param_groups_by_role(trainer_style_optimizer(model, lr=lr), names, role_rates), names
+
+
+def rate_per_module(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, float]:
+    """Each group's current learning rate, keyed by the top module of its first parameter."""
+    return {names[id(g["params"][0])].split(".")[0]: g["lr"] for g in optimizer.param_groups}
+
+
 def test_split_gives_each_role_its_rate_and_keeps_weight_decay():
     model = TinyVLM()
-    names = {id(p): n for n, p in model.named_parameters()}
-    optimizer = split_param_groups_by_role(trainer_style_optimizer(model), names, {"projector": 1e-2, "vision": 5e-4})
+    optimizer, names = role_split_optimizer(model, {"projector": 1e-2, "vision": 5e-4})
     seen = [id(p) for group in optimizer.param_groups for p in group["params"]]
     assert sorted(seen) == sorted(names), "every parameter in exactly one group"
     by_name = {names[id(p)]: group for group in optimizer.param_groups for p in group["params"]}
@@ -45,13 +55,12 @@ def test_split_gives_each_role_its_rate_and_keeps_weight_decay():
 
 def test_scheduler_scales_every_role_from_its_own_rate():
     model = TinyVLM()
-    names = {id(p): n for n, p in model.named_parameters()}
-    optimizer = split_param_groups_by_role(trainer_style_optimizer(model), names, {"projector": 1e-2})
+    optimizer, names = role_split_optimizer(model, {"projector": 1e-2})
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
     model.multi_modal_projector(torch.ones(1, 3)).sum().backward()
     optimizer.step()
     scheduler.step()
-    rates = {names[id(g["params"][0])].split(".")[0]: g["lr"] for g in optimizer.param_groups}
+    rates = rate_per_module(optimizer, names)
     assert rates["multi_modal_projector"] == pytest.approx(5e-3)
     assert rates["q_proj"] == pytest.approx(5e-4)
 
@@ -60,20 +69,16 @@ def lora_and_projector_rates(scheduler, names, steps: int) -> list[dict[str, flo
     """Each role's learning rate at steps 0..steps-1 (what optimizer.step uses), the scheduler stepped between."""
     rates = []
     for _ in range(steps):
-        rates.append({names[id(g["params"][0])].split(".")[0]: g["lr"] for g in scheduler.optimizer.param_groups})
+        rates.append(rate_per_module(scheduler.optimizer, names))
         scheduler.optimizer.step()
         scheduler.step()
     return rates
 
 
 def test_held_role_learns_nothing_before_its_start_step_then_follows_the_schedule():
-    model = TinyVLM()
-    names = {id(p): n for n, p in model.named_parameters()}
-    optimizer = split_param_groups_by_role(trainer_style_optimizer(model), names, {"projector": 1e-2})
+    optimizer, names = role_split_optimizer(TinyVLM(), {"projector": 1e-2})
     scheduler = hold_roles_until(get_cosine_schedule_with_warmup(optimizer, 2, 10), {"lora": 4})
-    twin = TinyVLM()
-    twin_names = {id(p): n for n, p in twin.named_parameters()}
-    twin_optimizer = split_param_groups_by_role(trainer_style_optimizer(twin), twin_names, {"projector": 1e-2})
+    twin_optimizer, twin_names = role_split_optimizer(TinyVLM(), {"projector": 1e-2})
     reference = lora_and_projector_rates(get_cosine_schedule_with_warmup(twin_optimizer, 2, 10), twin_names, 10)
     held = lora_and_projector_rates(scheduler, names, 10)
     assert [r["q_proj"] for r in held[:4]] == [0.0] * 4
@@ -85,8 +90,7 @@ def test_held_role_learns_nothing_before_its_start_step_then_follows_the_schedul
 def test_held_lora_weights_stay_bit_identical_until_the_start_step():
     torch.manual_seed(0)
     model = TinyVLM()
-    names = {id(p): n for n, p in model.named_parameters()}
-    optimizer = split_param_groups_by_role(trainer_style_optimizer(model, lr=1e-2), names, {})
+    optimizer, _ = role_split_optimizer(model, {}, lr=1e-2)
     scheduler = hold_roles_until(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0), {"lora": 3})
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     x = torch.randn(4, 3)
@@ -101,9 +105,7 @@ def test_held_lora_weights_stay_bit_identical_until_the_start_step():
 
 
 def test_hold_needs_a_lambda_schedule():
-    model = TinyVLM()
-    names = {id(p): n for n, p in model.named_parameters()}
-    optimizer = split_param_groups_by_role(trainer_style_optimizer(model), names, {})
+    optimizer, _ = role_split_optimizer(TinyVLM(), {})
     with pytest.raises(TypeError, match="needs a LambdaLR schedule, got StepLR"):
         hold_roles_until(torch.optim.lr_scheduler.StepLR(optimizer, 2), {"lora": 3})
 
