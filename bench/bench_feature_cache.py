@@ -24,17 +24,19 @@ import numpy as np
 import torch
 from PIL import Image
 
+ONE_BOX_ANSWER = "Local diseases of this chest radiograph are <p>Cardiomegaly</p> {<35><51><75><78>}."
 
-def synthetic_rows(processor, n: int, seed: int = 0) -> list[dict]:
+
+def synthetic_rows(processor, n: int, seed: int = 0, answers: tuple[str, ...] = (ONE_BOX_ANSWER,)) -> list[dict]:
+    """`n` grounding rows with random 256 px images; row i answers `answers[i % len(answers)]`."""
     rng = np.random.default_rng(seed)
-    answer = "Local diseases of this chest radiograph are <p>Cardiomegaly</p> {<35><51><75><78>}."
     return [
         {
             "images": [Image.fromarray((rng.random((256, 256)) * 255).astype(np.uint8))],
             "prompt": processor.build_prompt_messages("grounding"),
-            "completion": processor.build_completion_messages(answer),
+            "completion": processor.build_completion_messages(answers[i % len(answers)]),
         }
-        for _ in range(n)
+        for i in range(n)
     ]
 
 

@@ -12,6 +12,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from trl import SFTTrainer
 
 from .arguments import LOSS_NORMALIZATIONS
+from .lm_head import add_answer_only_lm_head, unwrapped_causal_lm
 from .model import parameter_role
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,9 @@ class LiteGPTSFTTrainer(SFTTrainer):
 
     The Trainer's scheduler multiplies each group's initial learning rate, so warmup and decay apply to every role
     alike; checkpoints save and restore the groups with the optimizer's state.
+
+    With `answer_only_lm_head` (the default) the LM head projects only the answer positions on every device; TRL's
+    own fused head does so on CUDA/XPU only and projects every position elsewhere (see `litegpt_train.lm_head`).
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class LiteGPTSFTTrainer(SFTTrainer):
         role_learning_rates: dict[str, float] | None = None,
         role_start_steps: dict[str, int] | None = None,
         loss_normalization: str = "batch",
+        answer_only_lm_head: bool = True,
         **kwargs: Any,
     ):
         if loss_normalization not in LOSS_NORMALIZATIONS:
@@ -111,6 +116,8 @@ class LiteGPTSFTTrainer(SFTTrainer):
         if any(step < 0 for step in self.role_start_steps.values()):
             raise ValueError(f"role start steps must be >= 0, got {self.role_start_steps}")
         super().__init__(*args, **kwargs)
+        if answer_only_lm_head:  # on top of the fused head SFTTrainer.__init__ has just added
+            add_answer_only_lm_head(unwrapped_causal_lm(self.model))
         self.loss_tokens_per_row = (
             mean_loss_tokens_per_row(self.data_collator, self.train_dataset, self.args.seed)
             if loss_normalization == "dataset" else None

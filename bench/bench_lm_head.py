@@ -1,0 +1,89 @@
+"""Training step time with TRL's fused LM head and with the answer-only head, measured side by side in one run.
+
+    python bench/bench_lm_head.py            # litegpt-smol: SmolLM2-135M (vocabulary 49,152), the CPU preset
+
+On devices without Triton (CPUs), TRL's fused head projects every position of the batch through the LM head;
+`litegpt_train.lm_head.add_answer_only_lm_head` projects only the answer positions (see its docstring). Each step is
+what SFTTrainer does per batch: collate (cached projector inputs, as in the demo), forward with
+`fused_lm_head=True`, backward, AdamW step on the LoRA + projector parameters. The rows carry the paper's grounding
+instruction and answers of the demo's lengths ("No finding" to six boxes). The two heads alternate on the same
+batches so that machine noise hits both alike; the first step of each is a warm-up and is not counted. Prints the
+median step times and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch
+from bench_feature_cache import ONE_BOX_ANSWER, build_model, synthetic_rows
+
+PREFIX = "Local diseases of this chest radiograph are "
+BOX = "<p>Nodule/Mass</p> {<59><47><65><54>}"
+# Answer lengths as in the synthetic demo data: "No finding" most often, then one to six boxes.
+ANSWERS = (PREFIX + "No finding.", ONE_BOX_ANSWER, PREFIX + "No finding.", PREFIX + ",".join([BOX] * 3) + ".",
+           PREFIX + "No finding.", PREFIX + ",".join([BOX] * 6) + ".")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=6, help="measured steps per variant (plus one warm-up)")
+    args = parser.parse_args(argv)
+
+    from peft import get_peft_model
+    from trl.trainer.utils import add_fused_lm_head
+
+    from litegpt_train.feature_cache import CachedProjectorInputsCollator, ProjectorInputCache
+    from litegpt_train.lm_head import TRAINER_OUTPUTS, add_answer_only_lm_head, unwrapped_causal_lm
+    from scripts.litegpt_checkpoint import make_lora_config
+
+    torch.manual_seed(0)
+    model, processor = build_model("small")
+    model = get_peft_model(model, make_lora_config()).train()
+    base = unwrapped_causal_lm(model)
+    add_fused_lm_head(base, outputs=TRAINER_OUTPUTS)  # what SFTTrainer.__init__ does
+    forwards = {"trl_fused_head": base.forward}
+    add_answer_only_lm_head(base)
+    forwards["answer_only_head"] = base.forward
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    rows = synthetic_rows(processor, args.batch_size * (args.steps + 1), answers=ANSWERS)
+    batches = [rows[i : i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
+    cache = ProjectorInputCache()
+    cache.fill(model, processor, (row["images"] for row in rows), total=len(rows), show_progress=False)
+    collator = CachedProjectorInputsCollator(processor, cache, completion_only_loss=True)
+
+    def step(forward, inputs) -> float:
+        base.forward = forward
+        begin = time.perf_counter()
+        model(**inputs, fused_lm_head=True).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - begin
+
+    times: dict[str, list[float]] = {name: [] for name in forwards}
+    positions = answers = 0
+    for index, batch in enumerate(batches):
+        inputs = collator([dict(row) for row in batch])
+        positions += inputs["labels"][:, 1:].numel()
+        answers += int(inputs["labels"][:, 1:].ne(-100).sum())
+        for name, forward in forwards.items():
+            elapsed = step(forward, inputs)
+            if index > 0:
+                times[name].append(elapsed)
+
+    trl, ours = (statistics.median(times[name]) for name in forwards)
+    print(f"litegpt-smol batch={args.batch_size} steps={args.steps} threads={torch.get_num_threads()} "
+          f"answer positions {answers} of {positions} ({100 * answers / positions:.0f} %)")
+    print(f"median step: TRL fused head {trl:.3f} s, answer-only head {ours:.3f} s -> speed-up {trl / ours:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
