@@ -304,6 +304,8 @@ def evaluate_stage(plan: StagePlan, script_args: LiteGPTScriptArguments) -> Path
         argv += ["--baselines"]
     if not script_args.eval_label_scores:
         argv += ["--no_label_scores"]
+    if not script_args.eval_coco_meteor:
+        argv += ["--no_coco_meteor"]
     status = litegpt_eval_cli.main(argv)
     if status:
         raise RuntimeError(f"eval.py failed on stage {plan.stage} (exit {status})")

@@ -125,6 +125,11 @@ class LiteGPTScriptArguments:
         metadata={"help": "teacher-forced label probabilities for the label AUCs (about 2.5x the generation time of "
                   "grounding answers; eval.py --no_label_scores when false)"},
     )
+    eval_coco_meteor: bool = field(
+        default=True,
+        metadata={"help": "the Java METEOR 1.5 variant of the text metrics (about 10 s per scored answer set, for the "
+                  "model and each baseline; eval.py --no_coco_meteor when false)"},
+    )
 
     def __post_init__(self):
         for name in ("dataset_settings", "mimic_settings", "mix", "stage_overrides", "synthetic_settings"):

@@ -959,9 +959,13 @@ def test_eval_after_training_passes_the_stage_and_eval_settings_to_eval_py(refer
     """evaluate_stage runs eval.py on the stage's own task and folder with the config's eval_* settings."""
     import eval as litegpt_eval_cli
 
+    # The two switches take opposite values so that each flag is seen both present and absent.
+    coco_meteor = not label_scores
+
     calls: list[list[str]] = []
     monkeypatch.setattr(litegpt_eval_cli, "main", lambda argv: calls.append(argv) or 0)
-    argv = ["--config", str(reference_run["config"]), "--eval_bootstrap", "7", "--eval_label_scores", str(label_scores)]
+    argv = ["--config", str(reference_run["config"]), "--eval_bootstrap", "7", "--eval_label_scores", str(label_scores),
+            "--eval_coco_meteor", str(coco_meteor)]
     script_args, training_args = train_sft.parse_arguments(argv)
     plan = next(p for p in train_sft.plan_stages(script_args, dataclasses.replace(training_args, resume_from_checkpoint="latest"))
                 if p.stage == "grounding")  # fmt: skip
@@ -972,4 +976,5 @@ def test_eval_after_training_passes_the_stage_and_eval_settings_to_eval_py(refer
     assert options["--model"] == str(reference_run["out"] / "grounding")
     assert options["--dataset"] == "vindr_cxr:grounding" and options["--bootstrap"] == "7"
     assert ("--no_label_scores" in args) is (not label_scores)
+    assert ("--no_coco_meteor" in args) is (not coco_meteor)
     assert "--baselines" in args
