@@ -25,11 +25,18 @@ sys.path.insert(0, str(ROOT))
 import torch
 from bench_feature_cache import ONE_BOX_ANSWER, build_model, synthetic_rows
 
-PREFIX = "Local diseases of this chest radiograph are "
-BOX = "<p>Nodule/Mass</p> {<59><47><65><54>}"
+from processing_litegpt import format_grounding_answer
+
+NO_FINDING_ANSWER = format_grounding_answer([], width=100, height=100, no_finding=True)
+
+
+def nodule_answer(boxes: int) -> str:
+    """A stage-1 target listing `boxes` nodule boxes (grid units on a 100 x 100 image)."""
+    return format_grounding_answer([("Nodule/Mass", (59, 47 + i, 65, 54 + i)) for i in range(boxes)], 100, 100)
+
+
 # Answer lengths as in the synthetic demo data: "No finding" most often, then one to six boxes.
-ANSWERS = (PREFIX + "No finding.", ONE_BOX_ANSWER, PREFIX + "No finding.", PREFIX + ",".join([BOX] * 3) + ".",
-           PREFIX + "No finding.", PREFIX + ",".join([BOX] * 6) + ".")  # fmt: skip
+ANSWERS = (NO_FINDING_ANSWER, ONE_BOX_ANSWER, NO_FINDING_ANSWER, nodule_answer(3), NO_FINDING_ANSWER, nodule_answer(6))
 
 
 def main(argv: list[str] | None = None) -> None:
