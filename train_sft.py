@@ -55,6 +55,7 @@ from litegpt_train.model import (
     fit_projector_input_standardization,
     load_base_model,
 )
+from litegpt_train.precision import resolve_cpu_mixed_precision
 from litegpt_train.trainer import LENGTH_SAMPLERS, LiteGPTSFTTrainer
 
 logger = logging.getLogger("train_sft")
@@ -84,6 +85,7 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[LiteGPTScriptArgumen
     """YAML (`--config`) + command line into the two dataclasses; unknown keys and bad values raise here."""
     script_args, training_args = make_parser().parse_args_and_config(args=argv)
     check_arguments(script_args, sft_config_fields(SFTConfig))
+    training_args = resolve_cpu_mixed_precision(training_args)
     if training_args.push_to_hub:
         if not training_args.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (stage repos are <hub_model_id>-<stage>)")

@@ -20,6 +20,8 @@ STAGE_SOURCES: dict[str, tuple[str, str]] = {
 }
 LOSS_NORMALIZATIONS = ("batch", "dataset")  # see litegpt_train.trainer.mean_loss_tokens_per_row
 QUANTIZATION_CHOICES = ("none", "8bit", "4bit")
+PAPER_LORA_MODULES = ("q_proj", "v_proj")
+LM_LORA_MODULE_CHOICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 INIT_NONE = "none"
 
 
@@ -75,6 +77,11 @@ class LiteGPTScriptArguments:
     lora_r: int = field(default=64, metadata={"help": "LoRA rank on the LM's q/v ([P] 64)"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha ([C] 16)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout ([C] 0.05)"})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(PAPER_LORA_MODULES),
+        metadata={"help": "projections of the LM's decoder layers that get LoRA ([P] q_proj, v_proj); choices "
+                          f"{list(LM_LORA_MODULE_CHOICES)}. Only the LM's layers are matched, never the encoders'"},
+    )
     train_projector: bool = field(default=True, metadata={"help": "train the projector in full (modules_to_save)"})
     train_vision_towers: bool = field(
         default=False,
@@ -182,6 +189,12 @@ def check_arguments(script_args: LiteGPTScriptArguments, sft_fields: set[str]) -
             raise ValueError("stage_overrides cannot move output_dir: stage outputs are <output_dir>/<stage>")
     if script_args.quantization not in QUANTIZATION_CHOICES:
         raise ValueError(f"quantization must be one of {QUANTIZATION_CHOICES}, got {script_args.quantization!r}")
+    unknown_modules = sorted(set(script_args.lora_target_modules) - set(LM_LORA_MODULE_CHOICES))
+    if unknown_modules or not script_args.lora_target_modules:
+        raise ValueError(
+            f"lora_target_modules must be a non-empty subset of {list(LM_LORA_MODULE_CHOICES)}, got "
+            f"{script_args.lora_target_modules!r}"
+        )
     if script_args.loss_normalization not in LOSS_NORMALIZATIONS:
         raise ValueError(f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {script_args.loss_normalization!r}")
     for name in ("projector_learning_rate", "vision_tower_learning_rate"):
@@ -254,6 +267,8 @@ def sft_config_fields(sft_config_cls: type) -> set[str]:
 
 __all__ = [
     "INIT_NONE",
+    "LM_LORA_MODULE_CHOICES",
+    "PAPER_LORA_MODULES",
     "QUANTIZATION_CHOICES",
     "STAGE_SOURCES",
     "LiteGPTScriptArguments",

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .arguments import LiteGPTScriptArguments, resolve_adapter_config
+from .arguments import PAPER_LORA_MODULES, LiteGPTScriptArguments, resolve_adapter_config
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +101,19 @@ def lora_config_for(script_args: LiteGPTScriptArguments, base_model_name_or_path
         train_projector=script_args.train_projector,
         base_model_name_or_path=base_model_name_or_path,
     )
+    if tuple(script_args.lora_target_modules) != PAPER_LORA_MODULES:
+        config.target_modules = language_model_lora_targets(script_args.lora_target_modules)
     if script_args.train_vision_towers:
         config.modules_to_save = list(config.modules_to_save or []) + VISION_TOWER_MODULES
     return config
+
+
+def language_model_lora_targets(module_names: Sequence[str]) -> str:
+    """PEFT `target_modules` regex (full match) for these projections of the LM's decoder layers only.
+
+    A plain list such as `["q_proj", "v_proj"]` would suffix-match the CLIP encoder's attention too.
+    """
+    return r".*\.language_model\.layers\.\d+\.(self_attn|mlp)\.(" + "|".join(sorted(module_names)) + ")"
 
 
 def attach_adapter(model: torch.nn.Module, script_args: LiteGPTScriptArguments, init_from: str | None):
@@ -224,6 +234,7 @@ __all__ = [
     "check_trainable_parameters",
     "load_base_model",
     "parameter_role",
+    "language_model_lora_targets",
     "lora_config_for",
     "trainable_parameter_groups",
 ]
