@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 import train_sft
-from modeling_litegpt import LORA_TARGET_MODULES
 from litegpt_train import precision
 from litegpt_train.model import language_model_lora_targets, lora_config_for
+from modeling_litegpt import LORA_TARGET_MODULES
 
 
 def write_config(tmp_path: Path, base: Path, **overrides) -> list[str]:
