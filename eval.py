@@ -196,8 +196,12 @@ def load_train_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dic
     return rows, {"dataset": spec, "split": args.train_split, "rows": len(rows)}
 
 
-def baselines_entry(args: argparse.Namespace, records: list[dict[str, Any]], folder: Path, metrics: dict[str, Any]) -> dict[str, Any]:
-    """The `baselines` key of metrics.json (baselines fitted and scored once per run, compared with `metrics`)."""
+def baselines_entry(
+    args: argparse.Namespace, records: list[dict[str, Any]], folder: Path, metrics: dict[str, Any],
+    model_bootstrap: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The `baselines` key of metrics.json (baselines fitted and scored once per run, compared with `metrics`;
+    with the model's per-resample values, `model_bootstrap`, also by paired differences)."""
     from litegpt_eval.baselines import baselines_json, headline_table, score_baselines
 
     summary = getattr(args, "_baselines_summary", None)
@@ -208,7 +212,8 @@ def baselines_entry(args: argparse.Namespace, records: list[dict[str, Any]], fol
             text_metrics=not args.no_text_metrics, coco_meteor=not args.no_coco_meteor, training_source=source,
         )  # fmt: skip
         args._baselines_summary = summary
-    summary = {**summary, "table": headline_table({"model": metrics, **summary["metrics"]})}
+    bootstrap = {"model": model_bootstrap, **summary["bootstrap_values"]} if model_bootstrap else None
+    summary = {**summary, "table": headline_table({"model": metrics, **summary["metrics"]}, bootstrap)}
     return baselines_json(summary)
 
 
@@ -242,7 +247,9 @@ def score_file(
     metrics = {"schema": metrics.pop("schema"), "manifest": manifest, **metrics}
     if args.baselines:
         scored = [r for r in records if isinstance(r.get("reference"), dict)]
-        metrics["baselines"] = baselines_entry(args, scored, baselines_dir or out_dir / "baselines", metrics)
+        model_bootstrap = {task: extra["bootstrap"] for task, extra in extras.items() if "bootstrap" in extra}
+        metrics["baselines"] = baselines_entry(args, scored, baselines_dir or out_dir / "baselines", metrics,
+                                               model_bootstrap)
     if write:
         out_dir.mkdir(parents=True, exist_ok=True)
         figures = [] if args.no_figures else make_figures(extras, out_dir, images=images, n_overlays=args.n_overlays)

@@ -94,28 +94,34 @@ def evaluate_statistics(
     return out
 
 
-def bootstrap_intervals(
+def bootstrap_values(
     n: int,
     statistics: Mapping[str, StatFn] | None = None,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
-    confidence: float = 0.95,
     progress: bool = False,
     batch_statistics: Sequence[BatchStatFn] = (),
     cluster_index: Sequence[int] | np.ndarray | None = None,
-) -> dict[str, dict[str, Any]]:
-    """95 % percentile intervals of several statistics on the **same** resamples.
+) -> dict[str, np.ndarray]:
+    """Every statistic on every resample: `{name: values (resamples,)}`.
 
     `n` = number of resampled units (images). Statistics receive weights per record: with `cluster_index`
     (record -> unit, values in `range(n)`) the unit draw counts are expanded to the records, else records = units.
     `statistics[name](weights)` returns one metric (all-ones weights = the point estimate); `batch_statistics`
-    return `{name: values}` for a `(B, n_records)` weight matrix. Returns `{name: {"low", "high", "confidence",
-    "resamples", "seed", "nan_resamples"}}`.
+    return `{name: values}` for a `(B, n_records)` weight matrix. The resamples depend only on `(n, resamples,
+    seed)`: two systems scored on the same units with the same seed get the same resamples, so their values can be
+    subtracted resample by resample (`paired_difference_interval`).
     """
     weights = bootstrap_weights(n, resamples, seed)
     if cluster_index is not None:
         weights = weights[:, np.asarray(cluster_index, dtype=np.int64)]
-    values = evaluate_statistics(weights, statistics, batch_statistics, progress=progress)
+    return evaluate_statistics(weights, statistics, batch_statistics, progress=progress)
+
+
+def intervals_from_values(
+    values: Mapping[str, np.ndarray], resamples: int, seed: int, confidence: float = 0.95
+) -> dict[str, dict[str, Any]]:
+    """`{name: {"low", "high", "confidence", "resamples", "seed", "nan_resamples"}}` of `bootstrap_values`' output."""
     out = {}
     for name, vals in values.items():
         low, high = percentile_interval(vals, confidence)
@@ -128,6 +134,42 @@ def bootstrap_intervals(
             "nan_resamples": int(np.isnan(vals).sum()),
         }
     return out
+
+
+def bootstrap_intervals(
+    n: int,
+    statistics: Mapping[str, StatFn] | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    confidence: float = 0.95,
+    progress: bool = False,
+    batch_statistics: Sequence[BatchStatFn] = (),
+    cluster_index: Sequence[int] | np.ndarray | None = None,
+) -> dict[str, dict[str, Any]]:
+    """95 % percentile intervals of several statistics on the **same** resamples (see `bootstrap_values`)."""
+    values = bootstrap_values(n, statistics, resamples, seed, progress, batch_statistics, cluster_index)
+    return intervals_from_values(values, resamples, seed, confidence)
+
+
+def paired_difference_interval(
+    first: np.ndarray, second: np.ndarray, confidence: float = 0.95
+) -> dict[str, Any]:
+    """Percentile interval of `first - second` over paired resamples (the same images drawn for both systems).
+
+    Resamples where either value is undefined (NaN) are dropped and counted. `excludes_zero` tells whether the
+    interval lies entirely above or below 0.
+    """
+    first, second = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
+    if first.shape != second.shape:
+        raise ValueError(f"paired resamples must align: {first.shape} vs {second.shape}")
+    low, high = percentile_interval(first - second, confidence)
+    return {
+        "low": low,
+        "high": high,
+        "confidence": confidence,
+        "nan_resamples": int(np.isnan(first - second).sum()),
+        "excludes_zero": bool(low > 0 or high < 0),
+    }
 
 
 def weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
@@ -286,10 +328,13 @@ __all__ = [
     "average_precision_batch",
     "binary_statistic",
     "bootstrap_intervals",
+    "bootstrap_values",
     "bootstrap_weights",
     "evaluate_statistics",
     "expand_rows",
+    "intervals_from_values",
     "multilabel_statistic",
+    "paired_difference_interval",
     "percentile_interval",
     "prf_from_counts",
     "safe_div",

@@ -106,6 +106,35 @@ def _classification_table(report: Mapping[str, Any], labels, metrics=None, ci_pr
 # ======================================================================================= report.md
 
 
+def _headline_scale(key: str) -> tuple[float, int]:
+    """(scale, digits) of a headline metric in Table 7: percentages x100, Acc@IoU (already %) and mAP as they are."""
+    scale = 1.0 if "acc_iou.paper" in key or ".text." in key or key.endswith(".map") else 100.0
+    return scale, 3 if key.endswith(".map") else 2
+
+
+def _paired_difference_table(table: list[dict[str, Any]]) -> list[str]:
+    """Model minus each baseline with the 95 % paired-bootstrap interval of the difference (rows that have it)."""
+    names = list(dict.fromkeys(n for row in table for n in row.get("differences", {})))
+    if not names:
+        return []
+    rows = []
+    for row in table:
+        scale, digits = _headline_scale(row["key"])
+        cells = []
+        for name in names:
+            diff = row.get("differences", {}).get(name)
+            if not diff or "difference" not in diff:
+                cells.append("-")
+                continue
+            mark = " *" if diff["excludes_zero"] else ""
+            cells.append(f"{diff['difference'] * scale:+.{digits}f} [{diff['low'] * scale:+.{digits}f}, "
+                         f"{diff['high'] * scale:+.{digits}f}]{mark}")
+        rows.append([row["label"], *cells])
+    return ["Model minus each baseline, with the 95 % interval of the difference over paired bootstrap resamples "
+            "(the same test images drawn for both); * = the interval excludes 0.", "",
+            _table(["metric", *[f"model - {n}" for n in names]], rows), ""]
+
+
 def render_report(metrics: Mapping[str, Any], manifest: Mapping[str, Any] | None = None, figures: list[str] | None = None) -> str:
     tasks = metrics.get("tasks", {})
     out = ["# LiteGPT-CXR evaluation report", ""]
@@ -275,8 +304,7 @@ def render_report(metrics: Mapping[str, Any], manifest: Mapping[str, Any] | None
                 if value is None or value.get("value") is None:
                     cells.append("-")
                     continue
-                scale = 1.0 if "acc_iou.paper" in row["key"] or ".text." in row["key"] or row["key"].endswith(".map") else 100.0
-                digits = 3 if row["key"].endswith(".map") else 2
+                scale, digits = _headline_scale(row["key"])
                 ci = f" [{value['ci'][0] * scale:.{digits}f}, {value['ci'][1] * scale:.{digits}f}]" if value.get("ci") else ""
                 cells.append(f"{value['value'] * scale:.{digits}f}{ci}")
             rows.append([row["label"], *cells])
@@ -286,6 +314,7 @@ def render_report(metrics: Mapping[str, Any], manifest: Mapping[str, Any] | None
                  "by the same code. `oracle_labels_mean_box` knows the TRUE test labels: an informational upper reference "
                  "for position-agnostic boxes, not a baseline. Percentages except Acc@IoU (already %), mAP."), "",
                 _table(header, rows), ""]  # fmt: skip
+        out += _paired_difference_table(baselines["table"])
         out += [f"- `{name}`: {definition}" for name, definition in baselines.get("definitions", {}).items()]
         training = baselines.get("training", {})
         out += [(f"- training: {training.get('images', 0)} images ({training.get('dataset', '?')}, split "

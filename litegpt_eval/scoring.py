@@ -51,7 +51,8 @@ from .bootstrap import (
     auc_batch,
     average_precision_batch,
     binary_statistic,
-    bootstrap_intervals,
+    bootstrap_values,
+    intervals_from_values,
     multilabel_statistic,
     prf_from_counts,
     safe_div,
@@ -863,8 +864,11 @@ def score_records(
         image_ids = [str(r.get("image_id") or r["id"]) for r in task_records]
         units = {image: k for k, image in enumerate(dict.fromkeys(image_ids))}
         if bootstrap and len(units) > 1:
-            intervals = bootstrap_intervals(len(units), resamples=bootstrap, seed=seed, progress=progress,
-                                            batch_statistics=stats, cluster_index=[units[i] for i in image_ids])  # fmt: skip
+            values = bootstrap_values(len(units), resamples=bootstrap, seed=seed, progress=progress,
+                                      batch_statistics=stats, cluster_index=[units[i] for i in image_ids])  # fmt: skip
+            # Kept for paired comparisons with another system scored on the same images (baselines).
+            extra["bootstrap"] = {"units": list(units), "values": values}
+            intervals = intervals_from_values(values, bootstrap, seed)
             for name, interval in intervals.items():
                 path = f"tasks.{task}.{name}"
                 try:

@@ -7,7 +7,8 @@ import json
 import pytest
 
 import eval as eval_cli
-from litegpt_eval.baselines import baseline_answer, fit_training_statistics, score_baselines
+from litegpt_eval.baselines import baseline_answer, fit_training_statistics, headline_table, score_baselines
+from litegpt_eval.scoring import score_records
 from litegpt_eval.records import PredictionsError
 from processing_litegpt import LOCAL_PREFIX, format_diagnosis_answer, format_grounding_answer
 
@@ -144,9 +145,35 @@ def test_cli_baselines_beside_the_model(tmp_path):
     assert "ci" in micro["model"]
     assert (out / "baselines" / "oracle_labels_mean_box" / "metrics.json").exists()
     assert "metrics" not in metrics["baselines"] and metrics["baselines"]["training"]["rows"] == 5
+    # the perfect model minus most_frequent, with the paired interval of the difference
+    diff = {row["key"]: row["differences"] for row in metrics["baselines"]["table"]}[
+        "tasks.grounding.classification.strict.averages.micro.f1"]["most_frequent"]
+    assert diff["difference"] == pytest.approx(0.6) and diff["low"] <= 0.6 <= diff["high"]
+    assert diff["excludes_zero"] == (diff["low"] > 0)
     report = (out / "report.md").read_text()
     assert "Table 7 - Trivial baselines vs the model" in report and "oracle_labels_mean_box (reference)" in report
+    micro_row = next(line for line in report.splitlines() if line.startswith("| stage 1: local labels micro-F1")
+                     and "| +" in line)
+    assert micro_row.split(" | ")[2].startswith("+60.00 [")  # the model - most_frequent column
     # no training rows given: a clear error, not a silent skip
     assert eval_cli.main(args[:-2]) == 2
     with pytest.raises(PredictionsError, match="no labels"):
         score_baselines([{"image_id": "x"}], TEST)
+
+
+def test_paired_differences_are_taken_resample_by_resample():
+    """A 'model' that answers exactly like most_frequent differs from it by 0 on every resample (a zero-width
+    interval), although each system's own interval is wide; against no_finding the difference is the gap."""
+    stats = fit_training_statistics(TRAIN)
+    records = [{**r, "text": baseline_answer("most_frequent", r, stats)} for r in TEST]
+    metrics, extras = score_records(records, bootstrap=200, text_metrics=False, coco_meteor=False)
+    summary = score_baselines(TRAIN, TEST, bootstrap=200, text_metrics=False)
+    bootstrap = {"model": {task: extra["bootstrap"] for task, extra in extras.items()}, **summary["bootstrap_values"]}
+    table = {row["key"]: row for row in headline_table({"model": metrics, **summary["metrics"]}, bootstrap)}
+    row = table["tasks.grounding.classification.strict.averages.micro.f1"]
+    low, high = row["values"]["model"]["ci"]
+    assert high - low > 0.3, "each system alone has a wide interval on 3 images"
+    same = row["differences"]["most_frequent"]
+    assert (same["difference"], same["low"], same["high"], same["excludes_zero"]) == (0.0, 0.0, 0.0, False)
+    gap = row["differences"]["no_finding"]  # no_finding never names a local label: F1 0 on every resample
+    assert gap["difference"] == pytest.approx(0.4) and (gap["low"], gap["high"]) == pytest.approx((low, high))
