@@ -130,8 +130,8 @@ def _paired_difference_table(table: list[dict[str, Any]]) -> list[str]:
             cells.append(f"{diff['difference'] * scale:+.{digits}f} [{diff['low'] * scale:+.{digits}f}, "
                          f"{diff['high'] * scale:+.{digits}f}]{mark}")
         rows.append([row["label"], *cells])
-    return ["Model minus each baseline, with the 95 % interval of the difference over paired bootstrap resamples "
-            "(the same test images drawn for both); * = the interval excludes 0.", "",
+    return [("Model minus each baseline, with the 95 % interval of the difference over paired bootstrap resamples "
+             "(the same test images drawn for both); * = the interval excludes 0."), "",
             _table(["metric", *[f"model - {n}" for n in names]], rows), ""]
 
 

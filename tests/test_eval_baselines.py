@@ -8,8 +8,8 @@ import pytest
 
 import eval as eval_cli
 from litegpt_eval.baselines import baseline_answer, fit_training_statistics, headline_table, score_baselines
-from litegpt_eval.scoring import score_records
 from litegpt_eval.records import PredictionsError
+from litegpt_eval.scoring import score_records
 from processing_litegpt import LOCAL_PREFIX, format_diagnosis_answer, format_grounding_answer
 
 
