@@ -112,3 +112,27 @@ def test_diagnosis_auc_from_label_scores_and_unavailable_without():
     assert auc["labels"]["COPD"] == 1.0 and auc["labels"]["Pneumonia"] == 1.0 and auc["labels"]["No finding"] == 1.0
     assert auc["labels"]["Tuberculosis"] is None and "no positive reference" in auc["unavailable"]["Tuberculosis"]
     assert auc["no_positive_labels"] == ["Lung tumor", "Tuberculosis", "Other diseases"] and auc["n_labels"] == 3
+
+
+def test_diagnosis_answers_get_the_text_metrics_of_the_papers_table_5():
+    """Stage-2 ([vqa]) answers are scored as text too: identical answers score 100, BLEU-1 counts the clipped
+    unigram matches of a partly wrong answer, and the figures carry bootstrap intervals."""
+    from sacrebleu.metrics import BLEU
+
+    same = [diag("a", ["COPD"]), diag("b", ["No finding"])]
+    wrong = diag("c", ["Pneumonia", "Tuberculosis"], text=format_diagnosis_answer(["Pneumonia", "Lung tumor"]))
+    metrics, _ = score_records(same + [wrong], bootstrap=20, coco_meteor=False)
+    text = metrics["tasks"]["diagnosis"]["text"]["paper"]
+    predictions = [r["text"] for r in same + [wrong]]
+    references = [format_diagnosis_answer(r["reference"]["global_labels"]) for r in same + [wrong]]
+    expected_bleu1 = BLEU(tokenize="13a", smooth_method="none", max_ngram_order=1).corpus_score(predictions, [references]).score
+    assert text["values"]["bleu1"] == pytest.approx(expected_bleu1)
+    assert 0 < text["values"]["bleu1"] < 100 and 0 < text["values"]["rouge1"] < 100
+    assert "tasks.diagnosis.text.paper.values.rouge1" in metrics["confidence_intervals"]
+    assert text["unavailable"]["meteor_coco"].startswith("not requested")
+
+    perfect, _ = score_records(same, bootstrap=0, coco_meteor=False)
+    values = perfect["tasks"]["diagnosis"]["text"]["paper"]["values"]
+    assert values["rouge1"] == pytest.approx(100.0) and values["bleu1"] == pytest.approx(100.0)
+    # --no_text_metrics switches them off for stage 2 as for stage 1.
+    assert "text" not in score_records(same, bootstrap=0, text_metrics=False)[0]["tasks"]["diagnosis"]
