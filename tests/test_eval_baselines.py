@@ -145,7 +145,7 @@ def test_cli_baselines_beside_the_model(tmp_path):
     assert (out / "baselines" / "oracle_labels_mean_box" / "metrics.json").exists()
     assert "metrics" not in metrics["baselines"] and metrics["baselines"]["training"]["rows"] == 5
     report = (out / "report.md").read_text()
-    assert "Table 7 - Trivial baselines vs the model" in report and "oracle_labels_mean_box (reference)" in report
+    assert "Ours - Trivial baselines vs the model" in report and "oracle_labels_mean_box (reference)" in report
     # no training rows given: a clear error, not a silent skip
     assert eval_cli.main(args[:-2]) == 2
     with pytest.raises(PredictionsError, match="no labels"):
