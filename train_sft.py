@@ -42,6 +42,7 @@ from litegpt_train.arguments import (
     STAGE_SOURCES,
     LiteGPTScriptArguments,
     check_arguments,
+    check_lr_schedule,
     looks_like_hub_id,
     sft_config_fields,
 )
@@ -84,6 +85,7 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[LiteGPTScriptArgumen
     """YAML (`--config`) + command line into the two dataclasses; unknown keys and bad values raise here."""
     script_args, training_args = make_parser().parse_args_and_config(args=argv)
     check_arguments(script_args, sft_config_fields(SFTConfig))
+    check_lr_schedule(script_args, training_args)
     if training_args.push_to_hub:
         if not training_args.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (stage repos are <hub_model_id>-<stage>)")
@@ -234,6 +236,7 @@ def train_stage(
         # A fresh projector first learns alone (LLaVA's feature alignment); later stages inherit it aligned.
         role_start_steps={"lora": script_args.projector_alignment_steps} if plan.init_from is None else None,
         loss_normalization=script_args.loss_normalization,
+        lr_schedule=script_args.lr_schedule,
     )
     result = trainer.train(resume_from_checkpoint=plan.resume_from)
     trainer.save_model(str(plan.output_dir))
