@@ -707,6 +707,29 @@ def test_projector_rate_and_dataset_loss_normalisation(make_config, tmp_path):
         assert group["lr"] == pytest.approx(group["initial_lr"] / 3)
 
 
+def test_released_code_schedule_runs_max_steps_at_the_scheduled_rates(make_config, tmp_path):
+    """lr_schedule=released_code in a real run: max_steps optimizer steps across the epoch boundary (20 rows at
+    batch 4), each at MiniGPT-v2's warm-up + cosine rate (training_log.csv logs the rate each update used)."""
+    from litegpt_train.schedule import warmup_cosine_factor
+
+    out = tmp_path / "out"
+    config = make_config(tmp_path / "config.yaml", out, stages=["grounding"], lr_schedule="released_code", warmup_steps=2)
+    run_sft(config)
+    logged = {}
+    with (out / "grounding" / "training_log.csv").open() as handle:
+        for row in csv.DictReader(handle):
+            if row["learning_rate"]:
+                logged[int(row["step"])] = float(row["learning_rate"])
+    assert sorted(logged) == list(range(1, STEPS + 1))
+    expected = [LEARNING_RATE * warmup_cosine_factor(t, warmup_steps=2, total_steps=STEPS, warmup_start=0.1, minimum=0.1)
+                for t in range(STEPS)]  # fmt: skip
+    assert [logged[k] for k in range(1, STEPS + 1)] == pytest.approx(expected)
+    # Hand values: warm-up 0.1 -> 0.55 of the rate, then 0.1 + 0.45 (1 + cos(pi t / 6)).
+    assert expected[:3] == pytest.approx([LEARNING_RATE * 0.1, LEARNING_RATE * 0.55, LEARNING_RATE * 0.775])
+    record = json.loads((out / "grounding" / "litegpt_training.json").read_text())
+    assert record["train_metrics"]["epoch"] > 1 and record["script_arguments"]["lr_schedule"] == "released_code"
+
+
 def test_projector_alignment_steps_train_the_projector_alone_then_lora_joins(make_config, tmp_path, base_dir):
     """projector_alignment_steps=2: the checkpoint after 2 steps still has the fresh LoRA (B all zero, A as
     drawn) but a trained projector; after step 4 LoRA has learned too. Stage 2 (from stage 1) holds nothing."""
