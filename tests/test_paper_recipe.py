@@ -131,3 +131,163 @@ def test_a_second_schedule_is_an_error_not_a_silent_choice(tmp_path, extra, matc
     # 'trainer' hands the schedule back to SFTConfig's lr_scheduler_type.
     script_args, args = parse_recipe(tmp_path, "--lr_schedule", "trainer", "--lr_scheduler_type", "cosine")
     assert script_args.lr_schedule == "trainer" and args.lr_scheduler_type.value == "cosine"
+
+
+# ============================================================================================ distribution (FSDP)
+FSDP_CONFIG = ROOT / "configs" / "accelerate" / "fsdp.yaml"
+
+
+def fsdp_wrap_classes() -> list[str]:
+    return yaml.safe_load(FSDP_CONFIG.read_text())["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"].split(",")
+
+
+@pytest.mark.parametrize("preset", ["tiny", "litegpt-7b"])
+def test_fsdp_config_names_wrap_units_accelerate_can_find(preset):
+    """transformers 5 merges CLIPVisionModel's _no_split_modules (which names CLIPTextEmbeddings) into the model's:
+    Accelerate's default wrap list then fails; the config's explicit list finds every class."""
+    from accelerate import FullyShardedDataParallelPlugin
+
+    from configuration_litegpt import LiteGPTConfig
+    from modeling_litegpt import LiteGPTForConditionalGeneration
+
+    with torch.device("meta"):
+        model = LiteGPTForConditionalGeneration(LiteGPTConfig.from_preset(preset))
+    present = {type(module).__name__ for module in model.modules()}
+    assert set(fsdp_wrap_classes()) == {"LlamaDecoderLayer", "CLIPEncoderLayer", "TimmWrapperModel"} <= present
+    with pytest.raises(ValueError, match="CLIPTextEmbeddings"):
+        FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap").set_auto_wrap_policy(model)
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+                                            transformer_cls_names_to_wrap=fsdp_wrap_classes())  # fmt: skip
+    plugin.set_auto_wrap_policy(model)
+    assert {cls.__name__ for cls in plugin.auto_wrap_policy.keywords["transformer_layer_cls"]} == set(fsdp_wrap_classes())
+
+
+def test_fsdp_launch_refuses_quantization_and_a_silent_fallback(tmp_path, monkeypatch):
+    from accelerate import PartialState
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match="quantization '8bit' under FSDP"):
+        parse_recipe(tmp_path)
+    parse_recipe(tmp_path, "--quantization", "none")  # accepted
+    # One CPU process: Accelerate sets up no FSDP, so the FSDP launch is refused rather than run unsharded.
+    with pytest.raises(ValueError, match="the launch asks for FSDP but Accelerate set up"):
+        train_sft.check_distribution(PartialState())
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    train_sft.check_distribution(PartialState())  # no FSDP asked: nothing to check
+
+
+FSDP_WORKER = '''
+import copy, json, sys
+sys.path.insert(0, {root!r})
+import numpy as np
+import torch
+from accelerate import Accelerator, FullyShardedDataParallelPlugin
+from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+from peft import get_peft_model
+from PIL import Image
+from torch.distributed.fsdp import FSDPModule
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+from processing_litegpt import completion_messages, format_diagnosis_answer, prompt_messages
+from scripts.litegpt_checkpoint import make_lora_config
+
+base, dump, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+accelerator = Accelerator(cpu=True)  # what Accelerate sets up on CPUs, FSDP config or not: gloo DDP (MULTI_CPU)
+rank, world = accelerator.process_index, accelerator.num_processes
+plugin = FullyShardedDataParallelPlugin()  # configs/accelerate/fsdp.yaml, as the launcher exported it
+
+processor = AutoProcessor.from_pretrained(base, trust_remote_code=True)
+collator = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
+
+
+def batch_of(seed):
+    rng = np.random.default_rng(seed)
+    rows = [{{"images": [Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)).convert("RGB")],
+              "prompt": prompt_messages("diagnosis"), "completion": completion_messages(format_diagnosis_answer(labels))}}
+            for labels in (["COPD"], ["No finding"])]
+    return collator(rows)
+
+
+torch.manual_seed(0)
+model = get_peft_model(AutoModelForImageTextToText.from_pretrained(base, trust_remote_code=True),
+                       make_lora_config(r=4, lora_alpha=8, lora_dropout=0.0))
+initial = {{n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}}
+batches = [batch_of(r) for r in range(world)]
+
+# The same steps in one process on both ranks' batches: the gradient of their mean loss.
+reference = copy.deepcopy(model)
+optimizer = torch.optim.AdamW([p for p in reference.parameters() if p.requires_grad], lr=1e-2)
+for _ in range(steps):
+    (sum(reference(**b).loss for b in batches) / world).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+# FSDP2 as Accelerate prepares it on GPUs, here on the CPU process group.
+accelerator.state.fsdp_plugin = plugin
+sharded = fsdp2_prepare_model(accelerator, model)
+optimizer = torch.optim.AdamW([p for p in sharded.parameters() if p.requires_grad], lr=1e-2)
+losses = []
+for _ in range(steps):
+    loss = sharded(**batches[rank]).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    losses.append(loss.item())
+full = {{n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach() for n, p in sharded.named_parameters()
+         if p.requires_grad}}
+expected = {{n: p.detach() for n, p in reference.named_parameters() if p.requires_grad}}
+report = {{
+    "rank": rank, "world": world, "distributed_type": str(accelerator.distributed_type.value),
+    "fsdp_version": plugin.fsdp_version,
+    "wrapped": sorted({{type(m).__name__ for m in sharded.modules() if isinstance(m, FSDPModule)}}),
+    "same_names": sorted(full) == sorted(expected),
+    "max_diff_vs_one_process": max(float((full[n] - expected[n]).abs().max()) for n in expected),
+    "trained": sum(int(not torch.equal(full[n], initial[n])) for n in initial), "trainable": len(initial),
+    "local_numel": sum(p.to_local().numel() for p in sharded.parameters() if hasattr(p, "to_local")),
+    "numel": sum(p.numel() for p in sharded.parameters()), "losses": losses,
+}}
+with open(f"{{dump}}/rank{{rank}}.json", "w") as handle:
+    json.dump(report, handle)
+'''
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_cpu_processes_shards_and_trains_like_one_process(tmp_path):
+    """Accelerate 1.15 cannot run FSDP on CPUs (it sets up DDP instead), but torch's FSDP2 can: two gloo processes
+    launched with configs/accelerate/fsdp.yaml shard the tiny LiteGPT + LoRA with Accelerate's own
+    `fsdp2_prepare_model` and that config's wrap units, train three steps, and end with the weights one process
+    gets from the mean loss of both ranks' batches."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from test_train_sft import build_tiny_base
+
+    base = build_tiny_base(tmp_path / "base")
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    worker = tmp_path / "fsdp_worker.py"
+    worker.write_text(FSDP_WORKER.format(root=str(ROOT)))
+    steps = 3
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG), "--num_processes", "2",
+        "--mixed_precision", "no", "--num_cpu_threads_per_process", "1", "--main_process_port", "0",
+        str(worker), str(base), str(dump), str(steps),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    reports = [json.loads((dump / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for rank, report in enumerate(reports):
+        assert report["rank"] == rank and report["world"] == 2
+        assert report["distributed_type"] == "MULTI_CPU"  # Accelerate's own set-up on CPUs: not FSDP
+        assert report["fsdp_version"] == 2
+        assert {"FSDPLlamaDecoderLayer", "FSDPCLIPEncoderLayer", "FSDPTimmWrapperModel"} <= set(report["wrapped"])
+        assert report["same_names"] and report["max_diff_vs_one_process"] <= 1e-6
+        assert report["trained"] == report["trainable"] > 0
+        assert len(report["losses"]) == steps and all(math.isfinite(x) for x in report["losses"])
+    # Each rank holds a shard: the two local parts add up to the whole model.
+    assert reports[0]["local_numel"] + reports[1]["local_numel"] == reports[0]["numel"]
+    assert max(r["local_numel"] for r in reports) < reports[0]["numel"]
