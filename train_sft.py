@@ -357,6 +357,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     processor = AutoProcessor.from_pretrained(
         script_args.model_name_or_path, trust_remote_code=True, revision=script_args.model_revision
     )
+    if "windowing" in script_args.dataset_settings:
+        # The stage folders' processor converts a DICOM input the way the training images were converted.
+        processor.windowing = script_args.dataset_settings["windowing"]
     with state.main_process_first():  # one process builds each dataset; the others read the cache
         stage_data = {p.stage: load_stage_data(script_args, p.stage, processor, training_args.dataset_num_proc) for p in plans if not p.skip}
 
