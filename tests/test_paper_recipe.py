@@ -291,3 +291,15 @@ def test_fsdp2_on_two_cpu_processes_shards_and_trains_like_one_process(tmp_path)
     # Each rank holds a shard: the two local parts add up to the whole model.
     assert reports[0]["local_numel"] + reports[1]["local_numel"] == reports[0]["numel"]
     assert max(r["local_numel"] for r in reports) < reports[0]["numel"]
+
+
+def test_model_card_takes_table_1_from_the_stage_2_answers():
+    from litegpt_train.hub import _headline_metrics
+
+    def finding(f1):
+        return {"finding": {"strict": {"Finding": {"f1": f1}}}}
+
+    rows = dict(_headline_metrics({"tasks": {"grounding": finding(0.25), "diagnosis": finding(0.75)}}))
+    assert rows["Finding F1 (strict), the paper's Table 1 (stage-2 answers)"] == 0.75
+    assert rows["Stage-1 Finding F1 (strict)"] == 0.25
+    assert "Finding F1 (strict), the paper's Table 1 (stage-2 answers)" not in dict(_headline_metrics({"tasks": {"grounding": finding(0.25)}}))
