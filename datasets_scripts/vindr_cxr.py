@@ -16,7 +16,7 @@ or `python -m datasets_scripts.vindr_cxr --data_dir /data/vindr-cxr/1.0.0 [--con
 [--set dedup=mean ...] [--export out/] [--push_to_hub me/vindr-cxr-litegpt]` (Parquet + card with YAML `configs:`,
 so `load_dataset("me/vindr-cxr-litegpt", "grounding")` works script-free; the push is always private).
 
-Input (official layout, DESIGN.md section 4): `train/{image_id}.dicom`, `test/{image_id}.dicom`,
+Input (PhysioNet's official layout): `train/{image_id}.dicom`, `test/{image_id}.dicom`,
 `annotations/annotations_{train,test}.csv` (`image_id, rad_id (train), class_name, x_min, y_min, x_max, y_max`;
 `No finding` rows have empty boxes) and `annotations/image_labels_{train,test}.csv` (`image_id, rad_id (train)` + 22
 local + 6 global 0/1 columns). Columns are found by name, never by position; label spellings go through
@@ -35,11 +35,14 @@ Configs (rows; splits `train`, `validation` (5 % of train by `sha1(image_id)`), 
 * `diagnosis` - stage 2: same columns, target `Global diseases of this chest radiograph are ...`.
 
 All prompt/target text comes from the processor's codec (`prompt_messages`, `completion_messages`,
-`format_grounding_answer`, `format_diagnosis_answer`); images are converted with `dicom_to_uint8` (window tags or
-full range, MONOCHROME1 inverted) and stored as 8-bit PNG.
+`format_grounding_answer`, `format_diagnosis_answer`); images are converted with `dicom_to_uint8` (`windowing`:
+our DICOM window or full range by default, the paper's appendix code with `paper_appendix`; MONOCHROME1 inverted)
+and stored as 8-bit PNG.
 
 Preprocessing (train/validation images; test boxes and labels are the consensus, taken as given) - each step is
-a `VinDrCXRConfig` setting with the paper's value as default, and every count is logged (`builder.counts`):
+a `VinDrCXRConfig` setting with the paper's value as default (except three of ours: `windowing`, `stage1_images`
+and the 5 % `validation_fraction`; `configs/litegpt-7b.yaml` sets the paper's), and every count is logged
+(`builder.counts`):
 
 1. validation of every CSV row (`on_bad_row`); DICOM presence and header (`on_bad_image`);
 2. reader conflicts on `No finding` (`conflict_policy`, default `drop`: the image is removed);
@@ -127,7 +130,7 @@ CONFIG_NAMES = ("raw", "labels", "grounding", "diagnosis")
 SPLITS = ("train", "test")
 PREPROCESSING_LOG = "vindr_preprocessing.json"
 
-# Kaggle VinBigData's 14 classes (DESIGN §3; mapped by name): the VinDr local labels minus the 8 it lacks.
+# Kaggle VinBigData's 14 classes (mapped by name): the VinDr local labels minus the 8 it lacks.
 KAGGLE14_MISSING = (
     "Clavicle fracture",
     "Edema",
