@@ -12,7 +12,8 @@
         --baselines --train_dataset vindr_cxr:grounding --data_dir /data/vindr --out results/
 
 Outputs in --out: `predictions.jsonl` (generation mode), `generation_manifest.json`, `metrics.json` (keys
-documented in litegpt_eval/README.md), `report.md` (the paper's Tables 1-5 and Appendix 8-13 layout),
+documented in litegpt_eval/README.md), `report.md` (the paper's Tables 1-5 and Appendix Tables 8 and 11, each
+computed from the stage the paper used; our extra tables are named, not numbered),
 `figures/` (PR curves, box overlays), with --threshold_split `thresholds_<split>/predictions.jsonl` and with
 --baselines `baselines/<name>/{predictions.jsonl,metrics.json,report.md}`. `--dataset` accepts `vindr_cxr:grounding|diagnosis`,
 `mimic_cxr:existence|report` (built with the project's builders from --data_dir), a `save_to_disk` folder, or a
@@ -46,16 +47,22 @@ logger = logging.getLogger("eval")
 
 # Headline values summarised as mean +- sd over seeds with --paper_decoding.
 HEADLINE_KEYS = (
-    "tasks.grounding.finding.paper.Finding.f1",
-    "tasks.grounding.finding.paper.No finding.f1",
+    "tasks.diagnosis.finding.paper.Finding.f1",  # the paper's Table 1 (stage-2 [vqa] answers)
+    "tasks.diagnosis.finding.paper.No finding.f1",
+    "tasks.diagnosis.finding.strict.Finding.f1",
     "tasks.grounding.finding.strict.Finding.f1",
     "tasks.grounding.classification.strict.averages.micro.f1",
     "tasks.grounding.localization.acc_iou.paper.0.3",
     "tasks.grounding.localization.acc_iou.paper.0.4",
     "tasks.grounding.localization.acc_iou.paper.0.5",
+    "tasks.grounding.localization.acc_iou.paper_conditional.0.3",
+    "tasks.grounding.localization.acc_iou.paper_conditional.0.4",
+    "tasks.grounding.localization.acc_iou.paper_conditional.0.5",
     "tasks.grounding.text.paper.values.rouge1",
     "tasks.grounding.text.paper.values.bleu4",
     "tasks.grounding.text.paper.values.cider_paper",
+    "tasks.diagnosis.text.paper.values.rouge1",
+    "tasks.diagnosis.text.paper.values.bleu4",
     "tasks.diagnosis.classification.paper.averages.micro.f1",
     "tasks.diagnosis.classification.strict.averages.micro.f1",
     "tasks.diagnosis.classification.strict.averages.macro.f1",

@@ -105,7 +105,7 @@ def label_index(name: str, labels: Sequence[str] = VINDR_LABELS) -> int:
 
 # ======================================================================================= DICOM -> 8-bit (§4)
 
-WINDOWING_MODES = ("window", "voi_lut", "minmax")
+WINDOWING_MODES = ("window", "paper_appendix", "voi_lut", "minmax")
 
 
 class DicomReadError(ValueError):
@@ -146,11 +146,33 @@ def minmax_to_uint8(array: np.ndarray) -> np.ndarray:
 
 
 def window_to_uint8(array: np.ndarray, center: float, width: float) -> np.ndarray:
-    """Linear window `[c - w/2, c + w/2]` onto 0..255 (DESIGN §4): `u = floor(255 clip((v - lo) / w, 0, 1) + 0.5)`."""
+    """Linear window `[c - w/2, c + w/2]` onto 0..255: `u = floor(255 clip((v - lo) / w, 0, 1) + 0.5)`."""
     low = center - width / 2.0
     values = np.asarray(array, dtype=np.float64)
     scaled = np.clip((values - low) / width, 0.0, 1.0) * 255.0
     return _round_half_up_to_uint8(scaled)
+
+
+def paper_appendix_to_uint8(pixels: np.ndarray, center: float | None, width: float | None, monochrome1: bool) -> np.ndarray:
+    """The LiteGPT paper's DICOM conversion (its Appendix A.1), on the stored values (no modality LUT).
+
+    With window tags: `n = (v - center) / width`, which maps `[center - width, center + width]` (twice the DICOM
+    window) onto [-1, 1]. Without them: `n = (v - mean) / (max - min)`. Then `clip(n, -1, 1) * flip * 127.5 + 127.5`
+    truncated to `uint8` (not rounded), with `flip = -1` for MONOCHROME1: the inversion happens before the
+    truncation, so an inverted value is `trunc(255 - x)`, not `255 - trunc(x)`.
+
+    Where the appendix's code has no answer, ours ([D]): a caller passes no window when the width is not positive
+    (the code would divide by it); a constant image (`max == min`) maps to `n = 0`, i.e. 127 (the code would produce
+    NaN, whose conversion to `uint8` is undefined).
+    """
+    values = np.asarray(pixels, dtype=np.float64)
+    if center is not None and width is not None:
+        normalized = (values - center) / width
+    else:
+        spread = float(values.max() - values.min()) if values.size else 0.0
+        normalized = (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
+    flip = -1.0 if monochrome1 else 1.0
+    return (np.clip(normalized, -1.0, 1.0) * flip * 127.5 + 127.5).astype(np.uint8)
 
 
 def _first_value(value: Any) -> float | None:
@@ -175,18 +197,24 @@ def _dicom_name(ds: Any) -> str:
 
 
 def dicom_to_uint8(ds: Any, windowing: str = "window") -> np.ndarray:
-    """Convert a DICOM dataset (or a path to one) to a `uint8` array, as in the paper (DESIGN §4).
+    """Convert a DICOM dataset (or a path to one) to a `uint8` array.
 
-    `pixel_array` -> `apply_modality_lut` (rescale slope/intercept) -> one of
+    * `"window"` (default; ours, our reading of the paper's section 4.2 text "through the stored windowing
+      parameters or, if they were missing, the full-color space"): `pixel_array` -> `apply_modality_lut` (rescale
+      slope/intercept) -> linear window on the stored `WindowCenter`/`WindowWidth` (first value when
+      multi-valued), `[c - w/2, c + w/2]` -> 0..255 rounded half up; full min-max when the tags are absent or
+      invalid; then inverted (`255 - u`) for `MONOCHROME1`;
+    * `"paper_appendix"`: the paper's own code (its Appendix A.1, `paper_appendix_to_uint8`): stored values without
+      modality LUT, `(v - WindowCenter) / WindowWidth` clipped to +-1 (twice the DICOM window), else
+      `(v - mean) / (max - min)`, MONOCHROME1 flipped, truncated to `uint8`. Multi-valued window tags (where the
+      appendix's `float(...)` fails) take the first value, as `"window"` does;
+    * `"voi_lut"`: modality LUT, pydicom's `apply_voi_lut` (VOI LUT sequence or the DICOM window formula), then
+      min-max, MONOCHROME1 inverted;
+    * `"minmax"`: modality LUT, full min-max (window tags ignored), MONOCHROME1 inverted.
 
-    * `"window"` (default): linear window on the stored `WindowCenter`/`WindowWidth` (first value when
-      multi-valued), `[c - w/2, c + w/2]` -> 0..255; full min-max when the tags are absent or invalid;
-    * `"voi_lut"`: pydicom's `apply_voi_lut` (VOI LUT sequence or the DICOM window formula), then min-max;
-    * `"minmax"`: full min-max, window tags ignored;
-
-    then inverted (`255 - u`) for `MONOCHROME1`. Returns `(rows, columns)` for greyscale, `(rows, columns, 3)`
-    for colour data (min-max, no window). Raises `DicomReadError` (a `ValueError`) naming the file when the
-    pixel data cannot be decoded (truncated file, missing transfer syntax, no decoder...).
+    Returns `(rows, columns)` for greyscale, `(rows, columns, 3)` for colour data (min-max, no window). Raises
+    `DicomReadError` (a `ValueError`) naming the file when the pixel data cannot be decoded (truncated file, missing
+    transfer syntax, no decoder...).
     """
     if windowing not in WINDOWING_MODES:
         raise ValueError(f"windowing must be one of {WINDOWING_MODES}, got {windowing!r}")
@@ -205,6 +233,13 @@ def dicom_to_uint8(ds: Any, windowing: str = "window") -> np.ndarray:
         # Colour data has no VOI windowing; keep 8-bit data as is, rescale anything else.
         return pixels.astype(np.uint8) if pixels.dtype == np.uint8 else minmax_to_uint8(pixels)
 
+    monochrome1 = str(getattr(ds, "PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1"
+    if windowing == "paper_appendix":
+        center, width = _first_value(ds.get("WindowCenter")), _first_value(ds.get("WindowWidth"))
+        if center is None or width is None or width <= 0:
+            center = width = None
+        return paper_appendix_to_uint8(pixels, center, width, monochrome1)
+
     values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
     if windowing == "window":
         center = _first_value(ds.get("WindowCenter"))
@@ -218,7 +253,7 @@ def dicom_to_uint8(ds: Any, windowing: str = "window") -> np.ndarray:
     else:
         out = minmax_to_uint8(values)
 
-    if str(getattr(ds, "PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+    if monochrome1:
         out = 255 - out  # MONOCHROME1 stores bright bone as low values; flip to the usual display
     return out
 
@@ -961,7 +996,8 @@ class LiteGPTProcessor(ProcessorMixin):
         num_image_tokens (`int`, defaults to 49): LM positions per image (`LiteGPTConfig.num_image_tokens`).
         image_wrapper (`list[str]`, defaults to `["<Img>", "</Img>"]`): text around the placeholder.
         task_tokens (`dict[str, str]`, *optional*): task token per task, defaults to `DEFAULT_TASK_TOKENS`.
-        windowing (`str`, defaults to `"window"`): DICOM conversion (`"window"`, `"voi_lut"`, `"minmax"`).
+        windowing (`str`, defaults to `"window"`): DICOM conversion (`"window"`, `"paper_appendix"`, `"voi_lut"`,
+            `"minmax"`; see `dicom_to_uint8`).
     """
 
     # The processor ships as remote code: saving copies this file (and configuration_litegpt.py) and writes
@@ -1307,5 +1343,6 @@ __all__ = [
     "read_dicom",
     "task_instruction",
     "to_grid",
+    "paper_appendix_to_uint8",
     "window_to_uint8",
 ]

@@ -22,6 +22,7 @@ import dataclasses
 import gc
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ if str(ROOT) not in sys.path:
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import DistributedType
 from transformers import enable_full_determinism, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, TrlParser
@@ -42,6 +44,7 @@ from litegpt_train.arguments import (
     STAGE_SOURCES,
     LiteGPTScriptArguments,
     check_arguments,
+    check_lr_schedule,
     looks_like_hub_id,
     sft_config_fields,
 )
@@ -85,6 +88,7 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[LiteGPTScriptArgumen
     """YAML (`--config`) + command line into the two dataclasses; unknown keys and bad values raise here."""
     script_args, training_args = make_parser().parse_args_and_config(args=argv)
     check_arguments(script_args, sft_config_fields(SFTConfig))
+    check_lr_schedule(script_args, training_args)
     training_args = resolve_cpu_mixed_precision(training_args)
     if training_args.push_to_hub:
         if not training_args.hub_model_id:
@@ -94,9 +98,29 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[LiteGPTScriptArgumen
                 f"push_to_hub: the base {script_args.model_name_or_path} is a local folder; set hub_base_model_id to "
                 "the Hub repo of that base (with its remote code) so that the pushed adapter can find it"
             )
+    if fsdp_requested() and script_args.quantization != "none":
+        raise ValueError(
+            f"quantization {script_args.quantization!r} under FSDP: bitsandbytes weights are not sharded; use "
+            "--quantization none (bf16 LM) with configs/accelerate/fsdp.yaml, or the DDP config multi_gpu.yaml"
+        )
     if training_args.max_length is not None:
-        logger.warning("max_length=%s can cut image tokens or answers; DESIGN.md uses None", training_args.max_length)
+        logger.warning("max_length=%s can cut image tokens or answers; the recipes use None", training_args.max_length)
     return script_args, training_args
+
+
+def fsdp_requested() -> bool:
+    """`accelerate launch` with an FSDP config (e.g. configs/accelerate/fsdp.yaml) exports ACCELERATE_USE_FSDP=true."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def check_distribution(state: PartialState) -> None:
+    """An FSDP launch must run FSDP. Accelerate 1.15 shards only on accelerators: on CPUs (use_cpu) it runs DDP, with
+    every process holding the whole model, and without use_cpu each process trains alone; both are refused here."""
+    if fsdp_requested() and state.distributed_type != DistributedType.FSDP:
+        raise ValueError(
+            f"the launch asks for FSDP but Accelerate set up {state.distributed_type.value} ({state.num_processes} "
+            "process(es)): Accelerate runs FSDP on GPUs/accelerators only. On CPUs use configs/accelerate/cpu_ddp.yaml"
+        )
 
 
 def stage_arguments(training_args: SFTConfig, script_args: LiteGPTScriptArguments, stage: str) -> SFTConfig:
@@ -236,6 +260,7 @@ def train_stage(
         # A fresh projector first learns alone (LLaVA's feature alignment); later stages inherit it aligned.
         role_start_steps={"lora": script_args.projector_alignment_steps} if plan.init_from is None else None,
         loss_normalization=script_args.loss_normalization,
+        lr_schedule=script_args.lr_schedule,
     )
     result = trainer.train(resume_from_checkpoint=plan.resume_from)
     trainer.save_model(str(plan.output_dir))
@@ -318,6 +343,7 @@ def evaluate_stage(plan: StagePlan, script_args: LiteGPTScriptArguments) -> Path
 def main(argv: list[str] | None = None) -> list[Path]:
     script_args, training_args = parse_arguments(argv)
     state = PartialState()
+    check_distribution(state)
     logging.basicConfig(
         level=logging.INFO if state.is_main_process else logging.WARNING,
         format="%(asctime)s %(name)s: %(message)s",
@@ -333,6 +359,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     processor = AutoProcessor.from_pretrained(
         script_args.model_name_or_path, trust_remote_code=True, revision=script_args.model_revision
     )
+    if "windowing" in script_args.dataset_settings:
+        # The stage folders' processor converts a DICOM input the way the training images were converted.
+        processor.windowing = script_args.dataset_settings["windowing"]
     with state.main_process_first():  # one process builds each dataset; the others read the cache
         stage_data = {p.stage: load_stage_data(script_args, p.stage, processor, training_args.dataset_num_proc) for p in plans if not p.skip}
 

@@ -16,7 +16,7 @@ or `python -m datasets_scripts.vindr_cxr --data_dir /data/vindr-cxr/1.0.0 [--con
 [--set dedup=mean ...] [--export out/] [--push_to_hub me/vindr-cxr-litegpt]` (Parquet + card with YAML `configs:`,
 so `load_dataset("me/vindr-cxr-litegpt", "grounding")` works script-free; the push is always private).
 
-Input (official layout, DESIGN.md section 4): `train/{image_id}.dicom`, `test/{image_id}.dicom`,
+Input (PhysioNet's official layout): `train/{image_id}.dicom`, `test/{image_id}.dicom`,
 `annotations/annotations_{train,test}.csv` (`image_id, rad_id (train), class_name, x_min, y_min, x_max, y_max`;
 `No finding` rows have empty boxes) and `annotations/image_labels_{train,test}.csv` (`image_id, rad_id (train)` + 22
 local + 6 global 0/1 columns). Columns are found by name, never by position; label spellings go through
@@ -35,11 +35,14 @@ Configs (rows; splits `train`, `validation` (5 % of train by `sha1(image_id)`), 
 * `diagnosis` - stage 2: same columns, target `Global diseases of this chest radiograph are ...`.
 
 All prompt/target text comes from the processor's codec (`prompt_messages`, `completion_messages`,
-`format_grounding_answer`, `format_diagnosis_answer`); images are converted with `dicom_to_uint8` (window tags or
-full range, MONOCHROME1 inverted) and stored as 8-bit PNG.
+`format_grounding_answer`, `format_diagnosis_answer`); images are converted with `dicom_to_uint8` (`windowing`:
+our DICOM window or full range by default, the paper's appendix code with `paper_appendix`; MONOCHROME1 inverted)
+and stored as 8-bit PNG.
 
 Preprocessing (train/validation images; test boxes and labels are the consensus, taken as given) - each step is
-a `VinDrCXRConfig` setting with the paper's value as default, and every count is logged (`builder.counts`):
+a `VinDrCXRConfig` setting with the paper's value as default (except three of ours: `windowing`, `stage1_images`
+and the 5 % `validation_fraction`; `configs/litegpt-7b.yaml` sets the paper's), and every count is logged
+(`builder.counts`):
 
 1. validation of every CSV row (`on_bad_row`); DICOM presence and header (`on_bad_image`);
 2. reader conflicts on `No finding` (`conflict_policy`, default `drop`: the image is removed);
@@ -127,7 +130,7 @@ CONFIG_NAMES = ("raw", "labels", "grounding", "diagnosis")
 SPLITS = ("train", "test")
 PREPROCESSING_LOG = "vindr_preprocessing.json"
 
-# Kaggle VinBigData's 14 classes (DESIGN §3; mapped by name): the VinDr local labels minus the 8 it lacks.
+# Kaggle VinBigData's 14 classes (mapped by name): the VinDr local labels minus the 8 it lacks.
 KAGGLE14_MISSING = (
     "Clavicle fracture",
     "Edema",
@@ -146,6 +149,7 @@ CONFLICT_POLICIES = ("drop", "majority", "union")
 FUSION_RULES = ("union", "majority")
 TAXONOMIES = ("vindr22", "kaggle14")
 STAGE1_TARGETS = ("local", "global+local")
+STAGE1_IMAGES = ("all", "with_boxes")
 BAD_ROW_POLICIES = ("raise", "skip_row", "skip_image")
 BAD_IMAGE_POLICIES = ("raise", "skip")
 
@@ -178,8 +182,11 @@ class VinDrCXRConfig(datasets.BuilderConfig):
             fail the vote are dropped too, counted).
         taxonomy: `"vindr22"` (all 22 local labels, default) or `"kaggle14"` (drops the 8 classes Kaggle VinBigData
             lacks: their labels and boxes are removed, counted).
-        windowing: DICOM -> 8-bit conversion of `processing_litegpt.dicom_to_uint8`: `"window"` (default, [P]: first
-            `WindowCenter`/`WindowWidth`, else full min-max), `"voi_lut"`, `"minmax"`; MONOCHROME1 is inverted.
+        windowing: DICOM -> 8-bit conversion of `processing_litegpt.dicom_to_uint8`: `"window"` (default, ours [D]: our
+            reading of the paper's section 4.2 text - modality LUT, the DICOM window `[c - w/2, c + w/2]` of the first
+            `WindowCenter`/`WindowWidth`, else full min-max, rounded), `"paper_appendix"` ([P]: the paper's Appendix
+            A.1 code - stored values, `(v - c) / w` clipped to +-1, i.e. twice the window, else `(v - mean) /
+            (max - min)`, truncated), `"voi_lut"`, `"minmax"`; MONOCHROME1 is inverted in every mode.
         max_side: longest side of the *stored* PNG (default 1024; `None`/0 keeps the DICOM size). Boxes and grid
             always refer to the DICOM `Columns` x `Rows` (`width`, `height` columns).
         png_compress_level: zlib level of the stored PNG (all lossless): 0 stores, 1 (default) run-length
@@ -192,8 +199,16 @@ class VinDrCXRConfig(datasets.BuilderConfig):
             matches `LiteGPTProcessor.image_wrapper`.
         stage1_target: `"local"` (default, [P]: the local sentence) or `"global+local"` (the global sentence, a space,
             then the local sentence, like [C]'s combined string).
+        stage1_images: which train images the `grounding` (stage 1) config keeps: `"all"` (default, [D]) or
+            `"with_boxes"` ([P] section 3.2: "We select samples that contain identified anomalies along with their
+            specific locations"; images whose fused target has no box - normal ones and abnormal ones without a local
+            box - are dropped, counted in `stage1_images_without_boxes`). Only the `train` split is filtered: the
+            validation and test splits keep every image, so thresholds and scores cover normal images too. The
+            default keeps all images because the stage-1 instruction asks the model to "state that the chest
+            radiograph shows no findings" when there are none, which it can only learn from normal images;
+            `configs/litegpt-7b.yaml` sets the paper's `with_boxes`.
         validation_fraction: share of train images (by `sha1(image_id)`, deterministic) put in a `validation` split
-            (default 0.05; 0 -> no validation split).
+            (default 0.05, ours [D]; 0 -> no validation split, the paper's: it trains on all training images).
         on_bad_row: invalid CSV row (unknown label, class without box, box inverted/empty or outside the image,
             `No finding` with a box, bad 0/1 value, reader or image missing from the labels CSV, a reader with
             `No finding`=1 and findings): `"raise"` (default: one error listing the file, line and reason of every
@@ -214,6 +229,7 @@ class VinDrCXRConfig(datasets.BuilderConfig):
     task_token: str | None = None
     image_wrapper: tuple = ("<Img>", "</Img>")
     stage1_target: str = "local"
+    stage1_images: str = "all"
     validation_fraction: float = 0.05
     on_bad_row: str = "raise"
     on_bad_image: str = "raise"
@@ -232,6 +248,7 @@ class VinDrCXRConfig(datasets.BuilderConfig):
             "taxonomy": TAXONOMIES,
             "windowing": WINDOWING_MODES,
             "stage1_target": STAGE1_TARGETS,
+            "stage1_images": STAGE1_IMAGES,
             "on_bad_row": BAD_ROW_POLICIES,
             "on_bad_image": BAD_IMAGE_POLICIES,
         }
@@ -908,6 +925,7 @@ def _empty_counts() -> dict[str, Any]:
         "normal_images": 0,
         "abnormal_images": 0,
         "abnormal_images_without_boxes": 0,
+        "stage1_images_without_boxes": 0,
         "boxes_in": 0,
         "boxes_dropped_taxonomy": 0,
         "boxes_dropped_fusion": 0,
@@ -929,7 +947,7 @@ def build_plan(data_dir: Path, config: VinDrCXRConfig, num_threads: int = 4) -> 
     skips = SkipLog(name="vindr")
     bad = _BadRows(config.on_bad_row, skips)
     counts: dict[str, Any] = {split: _empty_counts() for split in SPLITS}
-    dropped: dict[str, list[str]] = {"conflict": []}
+    dropped: dict[str, list[str]] = {"conflict": [], "stage1_without_boxes": []}
 
     tables = {}
     for split in SPLITS:
@@ -1069,6 +1087,10 @@ def build_plan(data_dir: Path, config: VinDrCXRConfig, num_threads: int = 4) -> 
             built = _image_rows(config, split, image_id, width, height, image_readers, rows, c, dropped)
             if not built:
                 continue
+            if out_split == "train" and _dropped_from_stage1(config, built):
+                c["stage1_images_without_boxes"] += 1
+                dropped["stage1_without_boxes"].append(image_id)
+                continue
             c["images"] += 1
             plan[out_split].append(
                 {
@@ -1089,6 +1111,11 @@ def build_plan(data_dir: Path, config: VinDrCXRConfig, num_threads: int = 4) -> 
     logger.info("VinDr %s output: images %s, rows %s", config.name, counts["output_images"], counts["output_rows"])
     log = {"settings": config.settings(), "counts": counts, "skipped": skips.summary(), "dropped": dropped}
     return plan, log
+
+
+def _dropped_from_stage1(config: VinDrCXRConfig, rows: list[dict]) -> bool:
+    """`stage1_images="with_boxes"`: a stage-1 training image whose target lists no box is left out."""
+    return config.name == "grounding" and config.stage1_images == "with_boxes" and not any(row["boxes"] for row in rows)
 
 
 def _image_rows(

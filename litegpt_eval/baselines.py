@@ -68,7 +68,7 @@ TABLE_KEYS = (
     ("grounding", "localization.map.0.4.vindr22.map", "stage 1: mAP@0.4 vindr22"),
     ("diagnosis", "classification.strict.averages.micro.f1", "stage 2: global labels micro-F1 (strict)"),
     ("diagnosis", "classification.strict.averages.macro.f1", "stage 2: global labels macro-F1 (strict)"),
-    ("diagnosis", "finding.strict.Finding.f1", "stage 2: Finding F1 (strict)"),
+    ("diagnosis", "finding.strict.Finding.f1", "stage 2: Finding F1 (strict; the paper's Table 1)"),
     ("existence", "accuracy", "MIMIC existence: accuracy"),
     ("report", "text.raw.values.rouge1", "MIMIC report: ROUGE-1"),
     ("report", "text.raw.values.bleu4", "MIMIC report: BLEU-4"),

@@ -1,6 +1,6 @@
-"""Localisation metrics (DESIGN.md section 5).
+"""Localisation metrics.
 
-Three protocols, always labelled:
+Four protocols, always labelled:
 
 * `paper` - the reference code's Acc@IoU ([C] `compute_accuracy`): the regex
   `<p>([^<]+)</p> \\{<(\\d+)><(\\d+)><(\\d+)><(\\d+)>\\}` is run on the prediction **and** on the reference text;
@@ -8,6 +8,9 @@ Three protocols, always labelled:
   sensitive) has `IoU > t` (strict), IoU computed on the 0-100 grid with the `+1` pixel-area convention
   (MiniGPT-v2's `computeIoU`); score = hits / reference boxes x 100 (a recall: no one-to-one matching, no false
   positive penalty; images without predicted phrases contribute misses).
+* `paper_conditional` - the same hits divided by the reference boxes whose label the prediction names (the paper's
+  section 4.5: "Only correctly classified findings are included in the evaluation metrics"; the released code
+  divides by all reference boxes instead).
 * `matched` - continuous IoU on pixel boxes, one-to-one greedy matching per (image, label) in descending IoU order,
   pairs with `IoU > t`; precision, recall and F1 over all boxes.
 * `ap` - VOC-2010 all-point interpolated average precision per class: detections of a class sorted by descending
@@ -34,7 +37,7 @@ Box = Sequence[float]
 PAPER_PHRASE_RE = re.compile(r"<p>([^<]+)</p> \{<(\d+)><(\d+)><(\d+)><(\d+)>\}")
 THRESHOLDS = (0.3, 0.4, 0.5)
 
-# Kaggle VinBigData class ids 0-13 by name (DESIGN §3); map by name, never by id.
+# Kaggle VinBigData class ids 0-13 by name; map by name, never by id.
 KAGGLE14_LABELS = (
     "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD", "Infiltration",
     "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion", "Pleural thickening", "Pneumothorax",
@@ -56,13 +59,20 @@ def iou(a: Box, b: Box) -> float:
 
 
 def iou_plus_one(a: Box, b: Box) -> float:
-    """MiniGPT-v2's `computeIoU` (used by [C]): integer-pixel convention, width = x2 - x1 + 1."""
+    """MiniGPT-v2's `computeIoU` (used by [C]): integer-pixel convention, width = x2 - x1 + 1.
+
+    [C]'s regex accepts inverted boxes (`x2 < x1` or `y2 < y1`), which a model can emit. Such a box never overlaps
+    anything under this convention (its `min(x2) - max(x1) + 1` is <= 0), but its negative "area" can cancel the
+    other box's and leave a union <= 0, where the formula divides by zero or flips sign. The IoU is then 0: the
+    value [C]'s formula gives for every inverted box whose union stays positive.
+    """
     ix = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
     iy = max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
     inter = ix * iy
     area_a = (a[2] - a[0] + 1) * (a[3] - a[1] + 1)
     area_b = (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
-    return float(inter / (area_a + area_b - inter))
+    union = area_a + area_b - inter
+    return float(inter / union) if union > 0 else 0.0
 
 
 def iou_matrix(boxes_a: Sequence[Box], boxes_b: Sequence[Box]) -> np.ndarray:
@@ -90,7 +100,12 @@ def paper_phrases(text: str) -> list[tuple[str, tuple[int, int, int, int]]]:
 
 
 def paper_image_hits(pred_text: str, gt_text: str, thresholds: Sequence[float] = THRESHOLDS) -> dict[str, Any]:
-    """Per-image counts of [C]'s Acc@IoU: `{"gt_boxes": n, "hits": {t: k}}`."""
+    """Per-image counts of [C]'s Acc@IoU: `{"gt_boxes": n, "gt_boxes_label_predicted": m, "hits": {t: k}}`.
+
+    `gt_boxes_label_predicted` counts the reference boxes whose label string the prediction names in a phrase
+    (the paper's "correctly classified findings", the denominator of the conditional variant); a hit needs such a
+    phrase, so `hits <= gt_boxes_label_predicted <= gt_boxes`.
+    """
     gts = paper_phrases(gt_text)
     preds = defaultdict(list)
     for label, box in paper_phrases(pred_text):
@@ -102,25 +117,32 @@ def paper_image_hits(pred_text: str, gt_text: str, thresholds: Sequence[float] =
             if any(iou_plus_one(pred_box, gt_box) > t for pred_box in preds.get(label, ())):
                 count += 1
         hits[t] = count
-    return {"gt_boxes": len(gts), "hits": hits}
+    predicted = sum(1 for label, _ in gts if label in preds)
+    return {"gt_boxes": len(gts), "gt_boxes_label_predicted": predicted, "hits": hits}
 
 
 def paper_acc_at_iou(
     pairs: Iterable[tuple[str, str]], thresholds: Sequence[float] = THRESHOLDS
 ) -> dict[str, Any]:
-    """[C]'s Acc@IoU over `(prediction text, reference text)` pairs: `{"acc": {t: %}, "gt_boxes", "hits"}`.
+    """[C]'s Acc@IoU over `(prediction text, reference text)` pairs, and the paper's conditional reading.
 
-    Reproduces `compute_accuracy` (hits / reference boxes x 100); NaN when there is no reference box.
+    `acc`: [C]'s `compute_accuracy`, hits / reference boxes x 100. `acc_conditional`: hits / reference boxes whose
+    label the prediction names x 100 (paper section 4.5: "Only correctly classified findings are included").
+    Returns `{"acc": {t: %}, "acc_conditional": {t: %}, "gt_boxes", "gt_boxes_label_predicted", "hits"}`; a
+    percentage is NaN when its denominator is 0.
     """
-    total = 0
+    total = predicted = 0
     hits = dict.fromkeys(thresholds, 0)
     for pred_text, gt_text in pairs:
         image = paper_image_hits(pred_text, gt_text, thresholds)
         total += image["gt_boxes"]
+        predicted += image["gt_boxes_label_predicted"]
         for t in thresholds:
             hits[t] += image["hits"][t]
     acc = {t: (100.0 * hits[t] / total if total else float("nan")) for t in thresholds}
-    return {"acc": acc, "gt_boxes": total, "hits": hits}
+    conditional = {t: (100.0 * hits[t] / predicted if predicted else float("nan")) for t in thresholds}
+    return {"acc": acc, "acc_conditional": conditional, "gt_boxes": total, "gt_boxes_label_predicted": predicted,
+            "hits": hits}  # fmt: skip
 
 
 # ======================================================================================= matched detection

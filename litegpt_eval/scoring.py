@@ -5,11 +5,13 @@
 * `grounding` (VinDr stage 1): parse statistics; local-label classification (22 labels) and Finding vs No finding
   under three protocols - `strict` (headline: exact, negation-aware parsing; a failed answer predicts nothing),
   `failures_excluded` (failed answers removed, [C]-like) and `paper` ([C]'s substring matching); localisation:
-  `acc_iou.paper` ([C]), `acc_iou.matched` (one-to-one), `map` at IoU 0.4 / 0.5 for `vindr22` and `kaggle14`;
+  `acc_iou.paper` ([C]), `acc_iou.paper_conditional` (the paper's: only reference boxes whose label the answer
+  names), `acc_iou.matched` (one-to-one), `map` at IoU 0.4 / 0.5 for `vindr22` and `kaggle14`;
   per-label AUC of the 22 local labels from the label-slot probabilities; text metrics on the answers with boxes
-  removed (`paper`: tags kept, `tag_free`).
+  removed (`paper`: tags kept, `tag_free`; the paper's Table 4).
 * `diagnosis` (VinDr stage 2): parse statistics; global-label classification (6 labels) under the three protocols,
-  Finding vs No finding, per-label AUC from the label-slot probabilities.
+  Finding vs No finding (the paper's Table 1 is computed from these `[vqa]` answers), per-label AUC from the
+  label-slot probabilities; text metrics of the answers (`paper`, the paper's Table 5).
 * `existence` (MIMIC): per-entity AUC (from P(Yes)), accuracy, P/R/F1 of the greedy answers (MedKLIP-style table).
 * `report` (MIMIC): text metrics.
 
@@ -90,6 +92,9 @@ PROTOCOLS = {
     "paper": "the reference code: lower-case, <...> removed, substring test per class; Finding = 'no finding' absent",
     "acc_iou.paper": "[C] compute_accuracy: [C] regex on prediction and reference text, a reference box is hit when "
     "any same-label prediction of the image has grid IoU (+1 convention) > t; hits / reference boxes x 100",
+    "acc_iou.paper_conditional": "the paper's reading (section 4.5: only correctly classified findings are "
+    "included): the hits of acc_iou.paper divided by the reference boxes whose label the answer names in a phrase "
+    "([C]'s regex and exact label string) x 100",
     "acc_iou.matched": "continuous IoU of predicted boxes (decoded from the 0-100 grid to pixels) and reference boxes "
     "(original pixels), one-to-one greedy matching per (image, label) by descending IoU > t; precision / recall / F1 "
     "over boxes; every syntactically valid phrase is a box, also in an answer with another failed fragment",
@@ -112,7 +117,7 @@ PROTOCOLS = {
 COUNT_KEYS = frozenset({
     "n", "n_samples", "n_labels", "n_classes", "support", "tp", "fp", "fn", "failures", "missing_predictions",
     "truncated", "contradictions", "no_finding_answers", "none_answers", "gt_boxes", "images_with_gt_boxes",
-    "positives", "n_validation",
+    "positives", "n_validation", "gt_boxes_label_predicted",
 })  # fmt: skip
 NOT_RESAMPLED = {
     "counts": "counts of the test sample (n, support, tp/fp/fn, failures, reference boxes, hits_*...) are not "
@@ -351,6 +356,20 @@ def _text_statistic(prefix: str, raw: Mapping[str, Any]) -> BatchStatFn:
     return fn
 
 
+def _text_variant(
+    variant: str, predictions: list[str], references: list[str], clean: Any, coco_meteor: bool
+) -> tuple[dict[str, Any], BatchStatFn]:
+    """`{variant: {"values", "unavailable"}}` of the text metrics of `clean`ed answers, and its bootstrap statistic.
+
+    METEOR 1.5 (Java) runs only when `coco_meteor`, and only the `paper` variant reports it (or why it is missing).
+    """
+    result = compute_text_metrics([clean(t) for t in predictions], [clean(t) for t in references], coco_meteor=coco_meteor)
+    if variant != "paper":
+        result["unavailable"].pop("meteor_coco", None)
+    entry = {variant: {"values": result["values"], "unavailable": result["unavailable"]}}
+    return entry, _text_statistic(f"text.{variant}.values", result["raw"])
+
+
 def _nanmean_rows(stacked: np.ndarray) -> np.ndarray:
     """Column-wise mean of the non-NaN entries of `(k, B)` (NaN where all are NaN), without warnings."""
     valid = ~np.isnan(stacked)
@@ -484,6 +503,16 @@ def _matched_statistic(counts: np.ndarray, labels: tuple[str, ...], key: str) ->
     return fn
 
 
+def _acc_iou_statistic(protocol: str, hit_matrix: np.ndarray, denominator: np.ndarray) -> BatchStatFn:
+    """Acc@IoU of a protocol (hits / its reference-box count x 100) on resampled images."""
+
+    def fn(w: np.ndarray) -> dict[str, np.ndarray]:
+        acc = 100.0 * safe_div(w @ hit_matrix, (w @ denominator)[:, None], np.nan)
+        return {f"localization.acc_iou.{protocol}.{_key(t)}": acc[:, j] for j, t in enumerate(THRESHOLDS)}
+
+    return fn
+
+
 def _map_statistic(detections: Mapping[str, Any], prefix: str) -> BatchStatFn:
     """Per-class AP and mAP (mean over classes with reference boxes in the resample)."""
 
@@ -523,18 +552,17 @@ def score_grounding(
     # ---------------------------------------------------------------- localisation
     loc: dict[str, Any] = {}
     hits = [paper_image_hits(r["text"], r["ref"]["text"], THRESHOLDS) for r in rows]
-    gt_boxes = np.array([h["gt_boxes"] for h in hits], dtype=np.float64)
-    paper = {"gt_boxes": int(gt_boxes.sum()), "images_with_gt_boxes": int((gt_boxes > 0).sum())}
     hit_matrix = np.array([[h["hits"][t] for t in THRESHOLDS] for h in hits], dtype=np.float64).reshape(-1, len(THRESHOLDS))
-    for j, t in enumerate(THRESHOLDS):
-        paper[_key(t)] = 100.0 * hit_matrix[:, j].sum() / gt_boxes.sum() if gt_boxes.sum() else float("nan")
-        paper[f"hits_{_key(t)}"] = int(hit_matrix[:, j].sum())
-
-    def paper_stat(w: np.ndarray) -> dict[str, np.ndarray]:
-        acc = 100.0 * safe_div(w @ hit_matrix, (w @ gt_boxes)[:, None], np.nan)
-        return {f"localization.acc_iou.paper.{_key(t)}": acc[:, j] for j, t in enumerate(THRESHOLDS)}
-
-    stats.append(paper_stat)
+    acc_iou: dict[str, Any] = {}
+    # [C]'s denominator (every reference box) and the paper's (reference boxes whose label the answer names).
+    for protocol, count_key in (("paper", "gt_boxes"), ("paper_conditional", "gt_boxes_label_predicted")):
+        denominator = np.array([h[count_key] for h in hits], dtype=np.float64)
+        entry = {count_key: int(denominator.sum()), "images_with_gt_boxes": int(sum(1 for h in hits if h["gt_boxes"]))}
+        for j, t in enumerate(THRESHOLDS):
+            entry[_key(t)] = 100.0 * hit_matrix[:, j].sum() / denominator.sum() if denominator.sum() else float("nan")
+            entry[f"hits_{_key(t)}"] = int(hit_matrix[:, j].sum())
+        acc_iou[protocol] = entry
+        stats.append(_acc_iou_statistic(protocol, hit_matrix, denominator))
 
     preds, gts = _image_boxes(rows)
     matched = {}
@@ -550,7 +578,7 @@ def score_grounding(
         matched[_key(t)] = {"overall": _prf(*totals.sum(axis=0)), "labels": {label: _prf(*totals[k]) for k, label in enumerate(order)}}
 
         stats.append(_matched_statistic(counts, tuple(order), _key(t)))
-    loc["acc_iou"] = {"paper": paper, "matched": matched}
+    loc["acc_iou"] = {**acc_iou, "matched": matched}
 
     has_scores = any(f["score"] is not None for r in rows for f in r["findings"])
     loc["box_confidence"] = "model (exp mean token log-prob of the phrase)" if has_scores else "constant 1.0 (no scores in the predictions)"
@@ -582,13 +610,11 @@ def score_grounding(
     # ---------------------------------------------------------------- text
     if text_metrics:
         out["text"] = {}
+        predictions, references = [r["text"] for r in rows], [r["ref"]["text"] for r in rows]
         for variant, clean in (("paper", remove_boxes_paper), ("tag_free", remove_boxes_and_tags)):
-            result = compute_text_metrics([clean(r["text"]) for r in rows], [clean(r["ref"]["text"]) for r in rows],
-                                          coco_meteor=coco_meteor and variant == "paper")  # fmt: skip
-            if variant != "paper":
-                result["unavailable"].pop("meteor_coco", None)
-            out["text"][variant] = {"values": result["values"], "unavailable": result["unavailable"]}
-            stats.append(_text_statistic(f"text.{variant}.values", result["raw"]))
+            entry, text_stat = _text_variant(variant, predictions, references, clean, coco_meteor and variant == "paper")
+            out["text"].update(entry)
+            stats.append(text_stat)
     extras = {"rows": rows, "pr_detections": pr_curves}
     if scores is not None:
         extras.update({"scores": scores, "y_true": m["y_true"]})
@@ -615,7 +641,14 @@ def _diagnosis_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def score_diagnosis(records: list[dict[str, Any]], max_listed: int | None = None, thresholds: Mapping[str, Any] | None = None):
+def score_diagnosis(
+    records: list[dict[str, Any]],
+    max_listed: int | None = None,
+    thresholds: Mapping[str, Any] | None = None,
+    coco_meteor: bool = True,
+    text_metrics: bool = True,
+):
+    """Stage-2 metrics; returns `(metrics, bootstrap batch statistics, extras for figures)`."""
     rows = _diagnosis_rows(records)
     labels = VINDR_GLOBAL_LABELS
     out: dict[str, Any] = {"n": len(rows), "parse": _parse_summary("diagnosis", rows, max_listed)}
@@ -640,6 +673,10 @@ def score_diagnosis(records: list[dict[str, Any]], max_listed: int | None = None
     if entry is not None:
         out["thresholded"] = entry
         stats += thr_stats
+    if text_metrics:
+        out["text"], text_stat = _text_variant("paper", [r["text"] for r in rows], [r["ref"]["text"] for r in rows],
+                                               remove_boxes_paper, coco_meteor)  # fmt: skip
+        stats.append(text_stat)
     extras: dict[str, Any] = {"rows": rows}
     if scores is not None:
         extras.update({"scores": scores, "y_true": y_true})
@@ -854,7 +891,7 @@ def score_records(
         if task == "grounding":
             out, stats, extra = score_grounding(task_records, box_format, coco_meteor, text_metrics, max_listed, thresholds)
         elif task == "diagnosis":
-            out, stats, extra = score_diagnosis(task_records, max_listed, thresholds)
+            out, stats, extra = score_diagnosis(task_records, max_listed, thresholds, coco_meteor, text_metrics)
         elif task == "existence":
             out, stats, extra = score_existence(task_records, max_listed, thresholds)
         else:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .schedule import LR_SCHEDULES, MINIGPTV2_SCHEDULES, TRAINER_SCHEDULE
+
 # Stage name -> (dataset family, builder config). VinDr stages are the paper's; MIMIC ones are extra.
 STAGE_SOURCES: dict[str, tuple[str, str]] = {
     "grounding": ("vindr_cxr", "grounding"),
@@ -100,6 +102,14 @@ class LiteGPTScriptArguments:
         metadata={"help": "divisor of a batch's summed token loss: 'batch' = its own answer-token count (TRL/transformers "
                           "default), 'dataset' = its rows x the mean answer tokens per training row (every token "
                           "weighs the same over the dataset; see litegpt_train.trainer.mean_loss_tokens_per_row)"},
+    )
+    lr_schedule: str = field(
+        default=TRAINER_SCHEDULE,
+        metadata={"help": f"learning-rate schedule, one of {LR_SCHEDULES}: 'trainer' = SFTConfig's lr_scheduler_type, "
+                          "warmup_steps and lr_scheduler_kwargs; 'paper' = MiniGPT-v2's warm-up + cosine with the paper's "
+                          "values (warm-up lr = minimum lr = learning_rate: a constant learning_rate); 'released_code' = "
+                          "the same scheduler with the released code's values (warm-up from learning_rate / 10 over "
+                          "warmup_steps, cosine over all steps down to learning_rate / 10); see litegpt_train.schedule"},
     )
     projector_alignment_steps: int = field(
         default=0,
@@ -201,6 +211,8 @@ def check_arguments(script_args: LiteGPTScriptArguments, sft_fields: set[str]) -
         value = getattr(script_args, name)
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if script_args.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {script_args.lr_schedule!r}")
     if script_args.projector_alignment_steps < 0:
         raise ValueError(f"projector_alignment_steps must be >= 0, got {script_args.projector_alignment_steps}")
     if script_args.projector_alignment_steps and not script_args.train_projector:
@@ -230,6 +242,27 @@ def check_arguments(script_args: LiteGPTScriptArguments, sft_fields: set[str]) -
     base = script_args.model_name_or_path
     if not looks_like_hub_id(base) and not Path(base).exists() and not script_args.base_preset:
         raise FileNotFoundError(f"model_name_or_path {base} does not exist (set base_preset to build the demo base)")
+
+
+def check_lr_schedule(script_args: LiteGPTScriptArguments, training_args: Any) -> None:
+    """A MiniGPT-v2 `lr_schedule` replaces SFTConfig's scheduler: setting both is an error, not a silent choice."""
+    if script_args.lr_schedule == TRAINER_SCHEDULE:
+        return
+    default_type = type(training_args).__dataclass_fields__["lr_scheduler_type"].default
+    settings = [("the run", {"lr_scheduler_type": training_args.lr_scheduler_type,
+                             "lr_scheduler_kwargs": training_args.lr_scheduler_kwargs})]  # fmt: skip
+    settings += [(f"stage_overrides[{stage!r}]", overrides) for stage, overrides in script_args.stage_overrides.items()]
+    for where, values in settings:
+        scheduler_type = values.get("lr_scheduler_type")
+        if scheduler_type is not None and str(getattr(scheduler_type, "value", scheduler_type)) != str(default_type):
+            raise ValueError(
+                f"lr_schedule {script_args.lr_schedule!r} sets the learning-rate schedule, but {where} also sets "
+                f"lr_scheduler_type {getattr(scheduler_type, 'value', scheduler_type)!r}: remove one (lr_schedule: "
+                f"{TRAINER_SCHEDULE} uses lr_scheduler_type; the MiniGPT-v2 schedules are {sorted(MINIGPTV2_SCHEDULES)})"
+            )
+        if values.get("lr_scheduler_kwargs"):
+            raise ValueError(f"lr_schedule {script_args.lr_schedule!r} takes no lr_scheduler_kwargs ({where} sets "
+                             f"{values['lr_scheduler_kwargs']})")  # fmt: skip
 
 
 def resolve_adapter_config(adapter: str, what: str = "adapter", revision: str | None = None) -> dict[str, Any]:
@@ -273,6 +306,7 @@ __all__ = [
     "STAGE_SOURCES",
     "LiteGPTScriptArguments",
     "check_arguments",
+    "check_lr_schedule",
     "looks_like_hub_id",
     "resolve_adapter_config",
     "sft_config_fields",

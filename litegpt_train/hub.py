@@ -104,7 +104,8 @@ def _set_card_base(card: str, base: str) -> str:
 def _headline_metrics(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
     """(name, value) rows of the card's results table, from eval.py's metrics.json (keys that exist only)."""
     wanted = {
-        "Finding F1 (strict)": ("tasks", "grounding", "finding", "strict", "Finding", "f1"),
+        "Finding F1 (strict), the paper's Table 1 (stage-2 answers)": ("tasks", "diagnosis", "finding", "strict", "Finding", "f1"),
+        "Stage-1 Finding F1 (strict)": ("tasks", "grounding", "finding", "strict", "Finding", "f1"),
         "Local labels micro-F1 (strict)": ("tasks", "grounding", "classification", "strict", "averages", "micro", "f1"),
         "Acc@IoU 0.3 (paper)": ("tasks", "grounding", "localization", "acc_iou", "paper", "0.3"),
         "Acc@IoU 0.5 (paper)": ("tasks", "grounding", "localization", "acc_iou", "paper", "0.5"),

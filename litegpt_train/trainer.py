@@ -14,6 +14,7 @@ from trl import SFTTrainer
 from .arguments import LOSS_NORMALIZATIONS
 from .lm_head import add_answer_only_lm_head, unwrapped_causal_lm
 from .model import parameter_role
+from .schedule import LR_SCHEDULES, TRAINER_SCHEDULE, minigptv2_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,10 @@ class LiteGPTSFTTrainer(SFTTrainer):
 
     With `answer_only_lm_head` (the default) the LM head projects only the answer positions on every device; TRL's
     own fused head does so on CUDA/XPU only and projects every position elsewhere (see `litegpt_train.lm_head`).
+
+    `lr_schedule`: `"trainer"` (default) uses `args.lr_scheduler_type`; `"paper"` / `"released_code"` use MiniGPT-v2's
+    warm-up + cosine schedule with those values (`litegpt_train.schedule`), over `args.warmup_steps` and the run's
+    optimizer steps.
     """
 
     def __init__(
@@ -107,10 +112,14 @@ class LiteGPTSFTTrainer(SFTTrainer):
         role_start_steps: dict[str, int] | None = None,
         loss_normalization: str = "batch",
         answer_only_lm_head: bool = True,
+        lr_schedule: str = TRAINER_SCHEDULE,
         **kwargs: Any,
     ):
         if loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {loss_normalization!r}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        self.lr_schedule = lr_schedule
         self.role_learning_rates = {role: lr for role, lr in (role_learning_rates or {}).items() if lr is not None}
         self.role_start_steps = {role: int(step) for role, step in (role_start_steps or {}).items() if step}
         if any(step < 0 for step in self.role_start_steps.values()):
@@ -157,6 +166,10 @@ class LiteGPTSFTTrainer(SFTTrainer):
         self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
     ) -> torch.optim.lr_scheduler.LRScheduler:
         created = self.lr_scheduler is None
+        if created and self.lr_schedule != TRAINER_SCHEDULE:
+            self.lr_scheduler = minigptv2_scheduler(optimizer or self.optimizer, self.lr_schedule,
+                                                    self.args.get_warmup_steps(num_training_steps), num_training_steps)
+            self._created_lr_scheduler = True  # the Trainer rebuilds it when train() is called again
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         if created and self.role_start_steps:
             hold_roles_until(scheduler, self.role_start_steps)

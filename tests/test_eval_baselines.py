@@ -151,7 +151,7 @@ def test_cli_baselines_beside_the_model(tmp_path):
     assert diff["difference"] == pytest.approx(0.6) and diff["low"] <= 0.6 <= diff["high"]
     assert diff["excludes_zero"] == (diff["low"] > 0)
     report = (out / "report.md").read_text()
-    assert "Table 7 - Trivial baselines vs the model" in report and "oracle_labels_mean_box (reference)" in report
+    assert "Ours - Trivial baselines vs the model" in report and "oracle_labels_mean_box (reference)" in report
     micro_row = next(line for line in report.splitlines() if line.startswith("| stage 1: local labels micro-F1")
                      and "| +" in line)
     assert micro_row.split(" | ")[2].startswith("+60.00 [")  # the model - most_frequent column

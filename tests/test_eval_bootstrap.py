@@ -159,7 +159,7 @@ def test_every_metric_value_gets_an_interval_recomputed_from_the_same_statistics
         assert intervals[must]["resamples"] == 60
     # all-ones weights reproduce every point estimate (the statistics are the metrics, not approximations)
     for task, scorer in (("grounding", lambda rs: score_grounding(rs, text_metrics=True, coco_meteor=False, thresholds=thresholds)),
-                         ("diagnosis", lambda rs: score_diagnosis(rs, thresholds=thresholds)),
+                         ("diagnosis", lambda rs: score_diagnosis(rs, thresholds=thresholds, coco_meteor=False)),
                          ("existence", lambda rs: score_existence(rs, thresholds=thresholds))):  # fmt: skip
         out, stats, _ = scorer([r for r in records if r["task"] == task])
         values = evaluate_statistics(np.ones((1, out["n"])), batch_statistics=stats)

@@ -14,6 +14,7 @@ from litegpt_eval.localization import (
     matched_detection,
     mean_average_precision,
     paper_acc_at_iou,
+    paper_image_hits,
     to_taxonomy,
     voc_ap,
 )
@@ -144,3 +145,55 @@ def test_grounding_scoring_end_to_end_perfect_and_wrong_boxes():
     cls = metrics["tasks"]["grounding"]["classification"]["strict"]["labels"]
     assert cls["Cardiomegaly"]["precision"] == 1.0 and cls["Cardiomegaly"]["recall"] == 1.0
     assert metrics["tasks"]["grounding"]["finding"]["strict"]["No finding"]["f1"] == 1.0
+
+
+# The inverted box a model emitted: x1 = 50 > x2 = 40. Under the +1 convention its "area" (-9 x 21) cancels the
+# reference's (9 x 21), so MiniGPT-v2's formula divided 0 by a union of 0 and took score_records down with it.
+INVERTED_PREFIX = "Local diseases of this chest radiograph are "
+INVERTED_PREDICTION = INVERTED_PREFIX + "<p>Edema</p> {<50><20><40><40>}."
+INVERTED_REFERENCE = INVERTED_PREFIX + "<p>Edema</p> {<0><0><8><20>}."
+
+
+def test_inverted_box_is_a_miss_not_a_crash():
+    assert iou_plus_one((50, 20, 40, 40), (0, 0, 8, 20)) == 0.0
+    hits = paper_image_hits(INVERTED_PREDICTION, INVERTED_REFERENCE)
+    assert hits == {"gt_boxes": 1, "gt_boxes_label_predicted": 1, "hits": {0.3: 0, 0.4: 0, 0.5: 0}}
+    # An inverted box whose union stays positive gave 0 / positive = 0 under [C]'s formula already: same value.
+    assert iou_plus_one((50, 20, 40, 40), (40, 20, 50, 40)) == 0.0
+
+
+def test_score_records_survives_an_inverted_box():
+    ref = {"width": 100, "height": 100, "box_labels": ["Edema"], "boxes": [[0, 0, 8, 20]], "local_labels": ["Edema"],
+           "no_finding": False, "text": INVERTED_REFERENCE}  # fmt: skip
+    records = [
+        {"id": "inverted", "task": "grounding", "text": INVERTED_PREDICTION, "reference": ref},
+        {"id": "exact", "task": "grounding", "text": INVERTED_REFERENCE, "reference": ref},
+    ]
+    metrics, _ = score_records(records, bootstrap=20, text_metrics=False)
+    grounding = metrics["tasks"]["grounding"]
+    assert grounding["localization"]["acc_iou"]["paper"]["0.5"] == pytest.approx(50.0)  # one hit of two boxes
+    # The strict parser counts the inverted box as a failure (x2 < x1); [C]'s regex scores it as a miss.
+    assert grounding["parse"]["failed_ids"] == ["inverted"]
+
+
+def test_conditional_acc_iou_counts_only_boxes_of_predicted_labels():
+    gt = answer(phrase("Cardiomegaly", (10, 10, 29, 29)), phrase("Edema", (0, 0, 9, 9)), phrase("Edema", (50, 50, 59, 59)),
+                phrase("Nodule/Mass", (70, 70, 79, 79)))  # fmt: skip
+    # Names Cardiomegaly (hit) and Edema (hits one of its two boxes); never names Nodule/Mass.
+    pred = answer(phrase("Cardiomegaly", (10, 10, 29, 29)), phrase("Edema", (0, 0, 9, 9)), phrase("Pneumothorax", (70, 70, 79, 79)))
+    result = paper_acc_at_iou([(pred, gt)], thresholds=(0.5,))
+    assert result["gt_boxes"] == 4 and result["gt_boxes_label_predicted"] == 3 and result["hits"][0.5] == 2
+    assert result["acc"][0.5] == pytest.approx(50.0)  # [C]: 2 of all 4 reference boxes
+    assert result["acc_conditional"][0.5] == pytest.approx(200 / 3)  # paper: 2 of the 3 boxes of named labels
+    # Nothing named: the conditional variant has no denominator (NaN), [C]'s is 0.
+    nothing = paper_acc_at_iou([(answer(phrase("Pneumothorax", (0, 0, 9, 9))), gt)], thresholds=(0.5,))
+    assert nothing["acc"][0.5] == 0.0 and np.isnan(nothing["acc_conditional"][0.5])
+
+    ref = {"width": 100, "height": 100, "box_labels": ["Cardiomegaly", "Edema", "Edema", "Nodule/Mass"],
+           "boxes": [[10, 10, 29, 29], [0, 0, 9, 9], [50, 50, 59, 59], [70, 70, 79, 79]],
+           "local_labels": ["Cardiomegaly", "Edema", "Nodule/Mass"], "no_finding": False, "text": gt}  # fmt: skip
+    metrics, _ = score_records([{"id": "a", "task": "grounding", "text": pred, "reference": ref}], bootstrap=0, text_metrics=False)
+    acc_iou = metrics["tasks"]["grounding"]["localization"]["acc_iou"]
+    assert acc_iou["paper"]["0.5"] == pytest.approx(50.0)
+    assert acc_iou["paper_conditional"]["0.5"] == pytest.approx(200 / 3)
+    assert acc_iou["paper_conditional"]["gt_boxes_label_predicted"] == 3

@@ -112,3 +112,63 @@ def test_diagnosis_auc_from_label_scores_and_unavailable_without():
     assert auc["labels"]["COPD"] == 1.0 and auc["labels"]["Pneumonia"] == 1.0 and auc["labels"]["No finding"] == 1.0
     assert auc["labels"]["Tuberculosis"] is None and "no positive reference" in auc["unavailable"]["Tuberculosis"]
     assert auc["no_positive_labels"] == ["Lung tumor", "Tuberculosis", "Other diseases"] and auc["n_labels"] == 3
+
+
+def test_diagnosis_answers_get_the_text_metrics_of_the_papers_table_5():
+    """Stage-2 ([vqa]) answers are scored as text too: identical answers score 100, BLEU-1 counts the clipped
+    unigram matches of a partly wrong answer, and the figures carry bootstrap intervals."""
+    from sacrebleu.metrics import BLEU
+
+    same = [diag("a", ["COPD"]), diag("b", ["No finding"])]
+    wrong = diag("c", ["Pneumonia", "Tuberculosis"], text=format_diagnosis_answer(["Pneumonia", "Lung tumor"]))
+    metrics, _ = score_records(same + [wrong], bootstrap=20, coco_meteor=False)
+    text = metrics["tasks"]["diagnosis"]["text"]["paper"]
+    predictions = [r["text"] for r in same + [wrong]]
+    references = [format_diagnosis_answer(r["reference"]["global_labels"]) for r in same + [wrong]]
+    expected_bleu1 = BLEU(tokenize="13a", smooth_method="none", max_ngram_order=1).corpus_score(predictions, [references]).score
+    assert text["values"]["bleu1"] == pytest.approx(expected_bleu1)
+    assert 0 < text["values"]["bleu1"] < 100 and 0 < text["values"]["rouge1"] < 100
+    assert "tasks.diagnosis.text.paper.values.rouge1" in metrics["confidence_intervals"]
+    assert text["unavailable"]["meteor_coco"].startswith("not requested")
+
+    perfect, _ = score_records(same, bootstrap=0, coco_meteor=False)
+    values = perfect["tasks"]["diagnosis"]["text"]["paper"]["values"]
+    assert values["rouge1"] == pytest.approx(100.0) and values["bleu1"] == pytest.approx(100.0)
+    # --no_text_metrics switches them off for stage 2 as for stage 1.
+    assert "text" not in score_records(same, bootstrap=0, text_metrics=False)[0]["tasks"]["diagnosis"]
+
+
+def _report_section(report: str, heading: str) -> str:
+    start = report.index(heading)
+    end = report.find("\n## ", start + len(heading))
+    return report[start:] if end < 0 else report[start:end]
+
+
+def test_table_1_comes_from_the_stage_2_answers():
+    """The paper's Table 1 is computed from the `[vqa]` answers: the report's Table 1 shows stage 2's Finding row,
+    and stage 1's, when scored, sits in a separately named table of ours."""
+    from litegpt_eval.report import render_report
+    from processing_litegpt import format_grounding_answer
+
+    w, h = 100, 100
+    ref = {"width": w, "height": h, "box_labels": ["Edema"], "boxes": [[10, 10, 30, 30]], "local_labels": ["Edema"],
+           "no_finding": False}  # fmt: skip
+    # Stage 1 misses the abnormal image (Finding recall 0); stage 2 finds it (Finding recall 100) and also calls
+    # the normal image abnormal (Finding precision 50).
+    grounding = [{"id": "g", "task": "grounding", "reference": ref, "text": format_grounding_answer([], w, h, no_finding=True)}]
+    diagnosis = [diag("a", ["Pneumonia"]), diag("b", ["No finding"], text=format_diagnosis_answer(["COPD"]))]
+    metrics, _ = score_records(grounding + diagnosis, bootstrap=0, text_metrics=False)
+    assert metrics["tasks"]["diagnosis"]["finding"]["strict"]["Finding"]["recall"] == 1.0
+    assert metrics["tasks"]["grounding"]["finding"]["strict"]["Finding"]["recall"] == 0.0
+
+    report = render_report(metrics)
+    table1 = _report_section(report, "## Table 1 - Finding vs No finding (stage-2 `[vqa]` answers)")
+    finding_strict = next(line for line in table1.splitlines() if line.startswith("| Finding | strict |"))
+    assert finding_strict.split(" | ")[2:5] == ["50.00", "100.00", "66.67"]  # P, R, F1 of the stage-2 answers
+    stage1 = _report_section(report, "## Ours - Finding vs No finding from the stage-1 answers")
+    assert next(line for line in stage1.splitlines() if line.startswith("| Finding | strict |")).split(" | ")[3] == "0.00"
+
+    # A stage-1-only run has no Table 1 numbers: it says where they come from instead of showing stage 1's.
+    only_stage1 = render_report(score_records(grounding, bootstrap=0, text_metrics=False)[0])
+    table1 = _report_section(only_stage1, "## Table 1")
+    assert "| Finding |" not in table1 and "stage-2 `[vqa]` answers" in table1

@@ -128,7 +128,7 @@ def test_cli_thresholds_from(tmp_path):
     assert metrics["tasks"]["diagnosis"]["thresholded"]["classification"]["averages"]["micro"]["f1"] == pytest.approx(6 / 7)
     assert metrics["manifest"]["thresholds_from"] == str(val)
     assert "tasks.diagnosis.thresholded.classification.averages.micro.f1" in metrics["confidence_intervals"]
-    assert "Table 6" in (out / "report.md").read_text()
+    assert "Ours - Extra protocol: label confidences cut at validation-tuned thresholds" in (out / "report.md").read_text()
     # the test predictions as their own threshold source: refused
     assert eval_cli.main(["--predictions", str(test), "--thresholds_from", str(test), "--out", str(out), "--bootstrap", "0",
                           "--no_figures", "--no_progress"]) == 2  # fmt: skip

@@ -707,6 +707,37 @@ def test_projector_rate_and_dataset_loss_normalisation(make_config, tmp_path):
         assert group["lr"] == pytest.approx(group["initial_lr"] / 3)
 
 
+def test_released_code_schedule_and_the_papers_data_settings_in_a_run(make_config, tmp_path):
+    """lr_schedule=released_code in a real run on the paper recipe's data settings (stage 1 on boxed images, the
+    appendix's DICOM conversion, no hold-out): max_steps optimizer steps across epoch boundaries, each at MiniGPT-v2's
+    warm-up + cosine rate (training_log.csv logs the rate each update used); the saved processor converts DICOMs
+    as the training images were."""
+    from litegpt_train.schedule import warmup_cosine_factor
+
+    out = tmp_path / "out"
+    paper_data = {"max_side": 64, "stage1_images": "with_boxes", "windowing": "paper_appendix", "validation_fraction": 0}
+    config = make_config(tmp_path / "config.yaml", out, stages=["grounding"], lr_schedule="released_code", warmup_steps=2,
+                         dataset_settings=paper_data)  # fmt: skip
+    run_sft(config)
+    logged = {}
+    with (out / "grounding" / "training_log.csv").open() as handle:
+        for row in csv.DictReader(handle):
+            if row["learning_rate"]:
+                logged[int(row["step"])] = float(row["learning_rate"])
+    assert sorted(logged) == list(range(1, STEPS + 1))
+    expected = [LEARNING_RATE * warmup_cosine_factor(t, warmup_steps=2, total_steps=STEPS, warmup_start=0.1, minimum=0.1)
+                for t in range(STEPS)]  # fmt: skip
+    assert [logged[k] for k in range(1, STEPS + 1)] == pytest.approx(expected)
+    # Hand values: warm-up 0.1 -> 0.55 of the rate, then 0.1 + 0.45 (1 + cos(pi t / 6)).
+    assert expected[:3] == pytest.approx([LEARNING_RATE * 0.1, LEARNING_RATE * 0.55, LEARNING_RATE * 0.775])
+    record = json.loads((out / "grounding" / "litegpt_training.json").read_text())
+    assert record["train_metrics"]["epoch"] > 1 and record["script_arguments"]["lr_schedule"] == "released_code"
+    (source,) = record["data"]
+    assert source["settings"]["stage1_images"] == "with_boxes" and set(source["rows"]) == {"train", "test"}
+    assert 0 < source["rows"]["train"] < 24  # the synthetic sample's 24 training images include normal ones
+    assert json.loads((out / "grounding" / "processor_config.json").read_text())["windowing"] == "paper_appendix"
+
+
 def test_projector_alignment_steps_train_the_projector_alone_then_lora_joins(make_config, tmp_path, base_dir):
     """projector_alignment_steps=2: the checkpoint after 2 steps still has the fresh LoRA (B all zero, A as
     drawn) but a trained projector; after step 4 LoRA has learned too. Stage 2 (from stage 1) holds nothing."""

@@ -485,6 +485,36 @@ def test_settings_stage1_target_task_token_and_dedup_none(synthetic, cache_root)
         VinDrCXR(config_name="grounding", data_dir=str(data_dir), cache_dir=str(cache_root), dedupe="none")
 
 
+def test_paper_settings_stage1_with_boxes_only_and_appendix_windowing(synthetic, built, cache_root):
+    """`stage1_images="with_boxes"` keeps only stage-1 training images whose target lists a box (validation and test
+    keep every image); `windowing="paper_appendix"` stores the appendix's conversion of each DICOM."""
+    manifest, data_dir = synthetic
+    builder, ds = build(data_dir, "grounding", cache_root, stage1_images="with_boxes", windowing="paper_appendix")
+    expected = expected_training_rows(manifest)
+    kept = {row["image_id"] for row in ds["train"]}
+    train_ids = {i for i, e in expected.items() if e["split"] == "train"}
+    assert kept == {i for i in train_ids if expected[i]["boxes"]}
+    assert all(row["boxes"] for row in ds["train"])
+    assert builder.counts["train"]["stage1_images_without_boxes"] == len(train_ids - kept) > 0
+    _, default = built["grounding"]
+    for split in ("validation", "test"):
+        assert {r["image_id"] for r in ds[split]} == {r["image_id"] for r in default[split]}
+    assert any(not row["boxes"] for split in ("validation", "test") for row in ds[split])
+    converted = 0
+    for split in ds:
+        for row in ds[split]:
+            path = data_dir.parent.parent / manifest["vindr"]["images"][row["image_id"]]["path"]
+            expected_pixels = dicom_to_uint8(read_dicom(path), windowing="paper_appendix")
+            assert np.array_equal(np.asarray(row["images"][0]), expected_pixels), row["image_id"]
+            converted += not np.array_equal(expected_pixels, dicom_to_uint8(read_dicom(path)))
+    assert converted > 0  # the two conversions differ on these DICOMs
+    # The diagnosis (stage 2) config ignores the setting: every training image stays.
+    _, diagnosis = build(data_dir, "diagnosis", cache_root, stage1_images="with_boxes", include_image=False)
+    assert {r["image_id"] for r in diagnosis["train"]} == train_ids
+    with pytest.raises(ValueError, match="stage1_images"):
+        VinDrCXR(config_name="grounding", data_dir=str(data_dir), cache_dir=str(cache_root), stage1_images="boxed")
+
+
 # ====================================================================================================== bad CSV input
 
 
