@@ -133,3 +133,27 @@ def test_bitsandbytes_quantises_only_the_language_model(tmp_path, bits, min_cosi
     cosine = torch.nn.functional.cosine_similarity(got.flatten(), reference.flatten(), dim=0)
     assert cosine > min_cosine
     assert not torch.equal(got, reference)  # it really ran quantised
+
+
+def test_a_plain_8bit_config_leaves_towers_and_projector_in_float(tmp_path):
+    """`BitsAndBytesConfig(load_in_8bit=True)` without a skip list: the model class declares what stays in float."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    config = LiteGPTConfig.from_preset("tiny", text_config=dict(
+        model_type="llama", vocab_size=99, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    torch.manual_seed(0)
+    LiteGPTForConditionalGeneration(config).save_pretrained(tmp_path)
+    quantised = LiteGPTForConditionalGeneration.from_pretrained(
+        tmp_path, quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map="cpu"
+    ).eval()
+    kinds = {n: type(m).__name__ for n, m in quantised.named_modules()}
+    assert kinds["model.language_model.layers.0.self_attn.q_proj"] == "Linear8bitLt"
+    float_linears = [n for n in kinds if n.startswith(("model.multi_modal_projector.", "model.pubmed_vision_tower.",
+                                                       "model.biomed_vision_tower.")) and kinds[n].startswith("Linear")]
+    assert float_linears and all(kinds[n] == "Linear" for n in float_linears), [
+        n for n in float_linears if kinds[n] != "Linear"]
+    assert kinds["lm_head"] == "Linear"
+    with torch.no_grad():
+        assert torch.isfinite(quantised(**_inputs()).logits).all()
