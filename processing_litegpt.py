@@ -1023,8 +1023,9 @@ class LiteGPTProcessor(ProcessorMixin):
     ) -> LiteGPTProcessor:
         """Build the processor from a bare LM tokenizer (conversion script, tests).
 
-        A copy of the tokenizer gets `image_token` as an extra special token if missing and pad = id 0 if it has
-        no pad token (DESIGN §1.4). The image processor and chat template are built here. With a
+        A copy of the tokenizer gets `image_token` as an extra special token if missing, pad = id 0 if it has
+        no pad token (`<unk>` for Llama) and left padding, which batched generation needs (training collators such as
+        TRL's choose their padding side per call). The image processor and chat template are built here. With a
         `LiteGPTConfig` as `config`, `image_size`, `num_image_tokens`, `image_token` and `task_tokens` come from it.
         Remaining kwargs go to `__init__` (`image_wrapper`, `task_tokens`, `windowing`, `chat_template`...).
         """
@@ -1039,6 +1040,8 @@ class LiteGPTProcessor(ProcessorMixin):
             tokenizer.add_special_tokens({"extra_special_tokens": [image_token]}, replace_extra_special_tokens=False)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.convert_ids_to_tokens(0)
+        tokenizer.padding_side = "left"
+        tokenizer.init_kwargs["padding_side"] = "left"  # `save_pretrained` writes the init kwargs' current values
         return cls(
             image_processor=build_image_processor(image_size),
             tokenizer=tokenizer,
