@@ -669,7 +669,7 @@ def test_compressed_transfer_syntaxes_convert_or_fail_clearly(synthetic, built, 
     ref = rows_by_id(built["grounding"][1]["test"])[image_id]["images"][0]
     assert np.array_equal(np.asarray(rows_by_id(ds["test"])[image_id]["images"][0]), np.asarray(ref))
 
-    _reencode(path, JPEGLSLossless, b"\xff\xd8\xff\xf7 not a real codestream \xff\xd9")  # no JPEG-LS decoder here
+    _reencode(path, JPEGLSLossless, b"\xff\xd8\xff\xf7 not a real codestream \xff\xd9")  # the decoder refuses it
     cache = tmp_path / "cache2"
     with pytest.raises(DicomReadError, match=f"{image_id}.dicom"):
         build(root, "grounding", cache)
