@@ -859,3 +859,19 @@ def test_skiplog_and_push_refuses_public(tmp_path, caplog):
     (tmp_path / "README.md").write_text("---\n---\n")
     with pytest.raises(ValueError, match="public"):
         push_to_hub(tmp_path, "me/vindr", private=False)
+
+
+def test_a_split_emptied_by_undecodable_images_is_left_out_and_listed(synthetic, tmp_path):
+    """Every test DICOM has a readable header but truncated pixels: with on_bad_image="skip" the test split loses
+    all its rows while generating, so it is left out (as a split empty in the plan is) and listed."""
+    manifest, data_dir = synthetic
+    root = copy_vindr(data_dir, tmp_path / "vindr")
+    test_ids = [i for i, m in manifest["vindr"]["images"].items() if m["split"] == "test"]
+    for image_id in test_ids:
+        path = root / "test" / f"{image_id}.dicom"
+        path.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.7)])
+    builder, ds = build(root, "grounding", tmp_path / "cache", on_bad_image="skip")
+    assert "test" not in ds and len(ds["train"]) > 0
+    assert builder.counts["empty_splits_omitted"] == ["test"]
+    assert builder.skipped["dicom_decode_failed"] == len(test_ids)
+    assert "test" not in builder.preprocessing_log["rows"]
