@@ -423,6 +423,36 @@ class LiteGPTForConditionalGeneration(LiteGPTPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
+    @classmethod
+    def lora_config(
+        cls,
+        r: int = 64,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.05,
+        train_projector: bool = True,
+        **kwargs,
+    ):
+        """The paper's LoRA as a `peft.LoraConfig`: rank `r` (64) on the language model's q/v projections only
+        (`LORA_TARGET_MODULES`, a regex: PEFT suffix-matches a list such as `["q_proj", "v_proj"]`, which would
+        also wrap PubMedCLIP's attention), alpha 16 and dropout 0.05 as in the reference code, and the projector
+        trained in full (`modules_to_save`; a plain LoRA config leaves it frozen). `kwargs` go to `LoraConfig`.
+        """
+        try:  # inside `try`, transformers' remote-code loader does not make PEFT a requirement of loading the model
+            from peft import LoraConfig
+        except ImportError as err:
+            raise ImportError("LiteGPT's LoRA configuration needs PEFT: `pip install peft`") from err
+
+        return LoraConfig(
+            r=r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            bias="none",
+            task_type="CAUSAL_LM",
+            target_modules=LORA_TARGET_MODULES,
+            modules_to_save=["multi_modal_projector"] if train_projector else None,
+            **kwargs,
+        )
+
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.lm_head = new_embeddings
 

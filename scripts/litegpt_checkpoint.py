@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from configuration_litegpt import DEFAULT_IMAGE_TOKEN, LiteGPTConfig
-from modeling_litegpt import LORA_TARGET_MODULES, LiteGPTForConditionalGeneration
+from modeling_litegpt import LiteGPTForConditionalGeneration
 from processing_litegpt import LiteGPTProcessor
 
 logger = logging.getLogger(__name__)
@@ -42,17 +42,13 @@ def make_lora_config(
     train_projector: bool = True,
     base_model_name_or_path: str | None = None,
 ):
-    """The paper's LoRA (r=64 on the LM's q/v; alpha/dropout from the reference code), projector trained in full."""
-    from peft import LoraConfig  # training-time dependency, kept out of module import
-
-    return LoraConfig(
+    """The paper's LoRA (`LiteGPTForConditionalGeneration.lora_config`, shipped with every checkpoint), recording
+    the base it is made for."""
+    return LiteGPTForConditionalGeneration.lora_config(
         r=r,
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,
-        bias="none",
-        task_type="CAUSAL_LM",
-        target_modules=LORA_TARGET_MODULES,
-        modules_to_save=["multi_modal_projector"] if train_projector else None,
+        train_projector=train_projector,
         base_model_name_or_path=base_model_name_or_path,
     )
 

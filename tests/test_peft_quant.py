@@ -157,3 +157,30 @@ def test_a_plain_8bit_config_leaves_towers_and_projector_in_float(tmp_path):
     assert kinds["lm_head"] == "Linear"
     with torch.no_grad():
         assert torch.isfinite(quantised(**_inputs()).logits).all()
+
+
+def test_the_paper_lora_scope_ships_with_the_checkpoint(tiny_checkpoint):
+    """From the checkpoint's own remote code, without this repository: `lora_config()` targets the LM's q/v only and
+    trains the projector in full; the naive suffix list would also wrap PubMedCLIP's q/v and freeze the projector."""
+    from peft import LoraConfig
+    from transformers import AutoModelForImageTextToText
+
+    def wrapped_and_trainable(config):
+        model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules")  # the shipped class, not the repo's
+        peft_model = get_peft_model(model, config)
+        wrapped = {n.rsplit(".lora_", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_" in n}
+        trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad and ".lora_" not in n}
+        return wrapped, trainable
+
+    naive_wrapped, naive_trainable = wrapped_and_trainable(LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+    assert any("pubmed_vision_tower" in n for n in naive_wrapped) and not naive_trainable
+
+    model_class = type(AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, trust_remote_code=True))
+    config = model_class.lora_config(r=8)
+    assert (config.r, config.lora_alpha, config.lora_dropout) == (8, 16, 0.05)
+    assert model_class.lora_config().r == 64  # the paper's rank by default
+    wrapped, trainable = wrapped_and_trainable(config)
+    assert wrapped and all(re.search(r"\.language_model\.layers\.\d+\.self_attn\.(q_proj|v_proj)$", n) for n in wrapped)
+    assert trainable and all(".multi_modal_projector.modules_to_save." in n for n in trainable)
+    assert model_class.lora_config(train_projector=False).modules_to_save is None
