@@ -172,11 +172,17 @@ class LiteGPTForConditionalGenerationModelTest(ModelTesterMixin, unittest.TestCa
         # The mixin tells base models (no loss to train) and heads that take `labels` by their class names in
         # transformers' built-in model tables, where LLaVA's classes are listed. A remote-code model is not: list
         # LiteGPT's there the same way for the duration of each test.
-        for table, class_name in (
-            (modeling_auto.MODEL_MAPPING_NAMES, LiteGPTModel.__name__),
-            (modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES, LiteGPTForConditionalGeneration.__name__),
+        # `MODEL_MAPPING` is the Auto mapping built on the first table; `AutoModel.register` would add LiteGPT to
+        # it for good, so the registration is made on its `_extra_content` and undone after the test.
+        for table, entry in (
+            (modeling_auto.MODEL_MAPPING_NAMES, {LiteGPTConfig.model_type: LiteGPTModel.__name__}),
+            (
+                modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+                {LiteGPTConfig.model_type: LiteGPTForConditionalGeneration.__name__},
+            ),
+            (modeling_auto.MODEL_MAPPING._extra_content, {LiteGPTConfig: LiteGPTModel}),
         ):
-            patcher = unittest.mock.patch.dict(table, {LiteGPTConfig.model_type: class_name})
+            patcher = unittest.mock.patch.dict(table, entry)
             patcher.start()
             self.addCleanup(patcher.stop)
         self.model_tester = LiteGPTModelTester(self)
