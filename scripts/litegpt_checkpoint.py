@@ -19,7 +19,6 @@ import importlib.util
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -355,21 +354,16 @@ def push_base(
 ) -> Any:
     """Create `repo_id` (if needed) and upload the base's file set in one commit: the repo that training's
     `hub_base_model_id` names."""
-    from huggingface_hub import HfApi
+    from litegpt_train.hub import upload_staged_copy
 
-    api = HfApi(token=token)
-    with tempfile.TemporaryDirectory() as tmp:
-        files = staged_base_upload(base_dir, repo_id, tmp)
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        commit = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=tmp,
-            allow_patterns=files,
-            revision=revision,
-            commit_message=f"LiteGPT-CXR base ({Path(base_dir).name})",
-        )
-    logger.info("pushed %d files of %s to %s", len(files), base_dir, repo_id)
-    return commit
+    return upload_staged_copy(
+        lambda tmp: staged_base_upload(base_dir, repo_id, tmp),
+        repo_id,
+        f"LiteGPT-CXR base ({Path(base_dir).name})",
+        private=private,
+        token=token,
+        revision=revision,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,7 +41,9 @@ def _sha256(path: Path) -> str:
 
 def _pip_download(name: str, version: str, dest: Path, extra_pip_args: tuple[str, ...]) -> Path:
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
+        # pip prepares an sdist's metadata after downloading it, in an isolated build environment (its build
+        # backend comes from the index too), so a fresh venv needs nothing preinstalled.
+        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
         "--timeout", str(DOWNLOAD_TIMEOUT_SECONDS), "--retries", "1", "--dest", str(dest), *extra_pip_args,
         f"{name}=={version}",
     ]

@@ -105,14 +105,20 @@ def test_skip_list_keeps_towers_projector_and_head_unquantised():
         bnb_quantization_config(config, 3)
 
 
-@pytest.mark.parametrize("bits,min_cosine", [(8, 0.995), (4, 0.95)])
-def test_bitsandbytes_quantises_only_the_language_model(tmp_path, bits, min_cosine):
-    pytest.importorskip("bitsandbytes")
+def _saved_model_with_a_wider_lm(folder) -> LiteGPTConfig:
+    """The tiny preset with a wider language model (hidden size 64), saved to `folder`."""
     config = LiteGPTConfig.from_preset("tiny", text_config=dict(
         model_type="llama", vocab_size=99, hidden_size=64, intermediate_size=128,
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
     torch.manual_seed(0)
-    LiteGPTForConditionalGeneration(config).save_pretrained(tmp_path)
+    LiteGPTForConditionalGeneration(config).save_pretrained(folder)
+    return config
+
+
+@pytest.mark.parametrize("bits,min_cosine", [(8, 0.995), (4, 0.95)])
+def test_bitsandbytes_quantises_only_the_language_model(tmp_path, bits, min_cosine):
+    pytest.importorskip("bitsandbytes")
+    config = _saved_model_with_a_wider_lm(tmp_path)
     full = LiteGPTForConditionalGeneration.from_pretrained(tmp_path).eval()
     quantised = LiteGPTForConditionalGeneration.from_pretrained(
         tmp_path, quantization_config=bnb_quantization_config(config, bits, torch.float32), device_map="cpu"
@@ -140,11 +146,7 @@ def test_a_plain_8bit_config_leaves_towers_and_projector_in_float(tmp_path):
     pytest.importorskip("bitsandbytes")
     from transformers import BitsAndBytesConfig
 
-    config = LiteGPTConfig.from_preset("tiny", text_config=dict(
-        model_type="llama", vocab_size=99, hidden_size=64, intermediate_size=128,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
-    torch.manual_seed(0)
-    LiteGPTForConditionalGeneration(config).save_pretrained(tmp_path)
+    _saved_model_with_a_wider_lm(tmp_path)
     quantised = LiteGPTForConditionalGeneration.from_pretrained(
         tmp_path, quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map="cpu"
     ).eval()
