@@ -488,3 +488,25 @@ def test_saved_processor_pads_left_so_batched_generation_is_right(tiny_checkpoin
     for i in range(2):
         single = processor(images=[images[i]], text=[prompts[i]], return_tensors="pt")
         assert batched[i, -6:].tolist() == model.generate(**single, max_new_tokens=6, do_sample=False)[0, -6:].tolist()
+
+
+def test_tower_configs_are_sub_configs_and_older_configs_still_load(tmp_path):
+    """Each tower's config is the sub-config `{name}_vision_config` (not a copy inside `vision_encoders`); a
+    config.json written before, with the encoder configs inline, loads to the same config."""
+    import json
+
+    config = LiteGPTConfig.from_preset("tiny")
+    assert set(config.sub_configs) == {"text_config", "biomed_vision_config", "pubmed_vision_config"}
+    assert all("config" not in spec for spec in config.vision_encoders)
+    model = LiteGPTForConditionalGeneration(config)
+    assert model.model.pubmed_vision_tower.config is config.pubmed_vision_config  # one object: dtype/attn reach it
+    config.save_pretrained(tmp_path / "new")
+    saved = json.loads((tmp_path / "new" / "config.json").read_text())
+    for spec in saved["vision_encoders"]:  # the layout of configs saved before sub-configs
+        spec["config"] = saved.pop(f"{spec['name']}_vision_config")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+    assert LiteGPTConfig.from_pretrained(tmp_path / "old").to_dict() == LiteGPTConfig.from_pretrained(tmp_path / "new").to_dict()
+    broken = dict(saved, vision_encoders=[{k: v for k, v in spec.items() if k != "config"} for spec in saved["vision_encoders"]])
+    with pytest.raises(ValueError, match="vision encoder 'biomed' has no config"):
+        LiteGPTConfig(**{k: v for k, v in broken.items() if k != "model_type"})
