@@ -7,8 +7,8 @@ builds a tiny config and inputs (image tokens first, then text), a `unittest.Tes
 exclusions, each with its one-line reason, for tests that do not apply to this model.
 
 Modules of transformers' test tree that the sdist does not contain are replaced by empty stand-ins of ours:
-`tests/generation/test_utils.py` (`GenerationTesterMixin`: generation is covered by our own tests instead, see
-`GENERATION_COVERAGE`), `tests/exporters/test_export.py` (`ExportTesterMixin`, torch.export tests) and
+`tests/generation/test_utils.py` (`GenerationTesterMixin`: generation is covered by our own tests instead, listed in
+the README's Testing section), `tests/exporters/test_export.py` (`ExportTesterMixin`, torch.export tests) and
 `tests/utils/test_configuration_utils.py` (`config_common_kwargs`, read only for non-composite configs).
 """
 
@@ -143,20 +143,12 @@ EXCLUDED: dict[str, str] = {
     "test_can_init_all_missing_weights": (
         "transformers initialises the missing weights of custom-code models conservatively (a module whose own "
         "parameters are set is skipped), so the CLIP tower's per-module std is applied in __init__ but not on this "
-        "path; with LiteGPT counted as library code the two inits are identical (checked)"
+        "path; with LiteGPT counted as library code the two inits are identical (tested below)"
     ),
     "test_training_gradient_checkpointing": _FROZEN_TOWER_CHECKPOINTING,
     "test_training_gradient_checkpointing_use_reentrant_false": _FROZEN_TOWER_CHECKPOINTING,
     "test_training_gradient_checkpointing_use_reentrant_true": _FROZEN_TOWER_CHECKPOINTING,
 }
-
-# What covers generation here, since GenerationTesterMixin cannot be obtained from PyPI (kept in the README).
-GENERATION_COVERAGE = (
-    "tests/test_modeling.py: greedy with vs without cache, batched left-padded vs one at a time, assisted decoding, "
-    "a generated image id, processor output with image_sizes; tests/test_remote_code.py: generation in a fresh "
-    "process; tests/test_eval_generation.py: batched eval generation and KV-cache crop"
-)
-
 
 class LiteGPTForConditionalGenerationModelTest(ModelTesterMixin, unittest.TestCase):
     all_model_classes = (LiteGPTModel, LiteGPTForConditionalGeneration)
