@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from transformers import CONFIG_MAPPING, PreTrainedConfig
+from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedConfig
 
 # Encoder kinds understood by the model. `timm` is an open_clip/timm ViT trunk wrapped in
 # transformers' `TimmWrapperModel` (BiomedCLIP); `clip` is transformers' `CLIPVisionModel`
@@ -38,6 +38,25 @@ CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def vision_config_key(name: str) -> str:
+    """Config attribute holding the transformers config of vision encoder `name` (e.g. `pubmed_vision_config`)."""
+    return f"{name}_vision_config"
+
+
+class _SubConfigs:
+    """`LiteGPTConfig.sub_configs`: the text config and one config per vision encoder.
+
+    transformers passes `dtype` and `attn_implementation` from a composite config to the keys listed here, so every
+    sub-model (language model and each tower) is built with them. The encoders are configurable, so on an instance
+    the keys follow its `vision_encoders`; on the class they are the paper's two.
+    """
+
+    def __get__(self, config: "LiteGPTConfig | None", owner: type) -> dict[str, type]:
+        encoders = config.__dict__.get("vision_encoders") if config is not None else None
+        names = [spec["name"] for spec in (encoders if encoders is not None else paper_vision_encoders())]
+        return {"text_config": AutoConfig, **{vision_config_key(name): AutoConfig for name in names}}
+
+
 def vision_encoder_spec(
     name: str,
     kind: str,
@@ -58,7 +77,8 @@ def vision_encoder_spec(
         patch_size: ViT patch side; the encoder yields `(image_size // patch_size) ** 2` patch tokens.
         hidden_size: width of the encoder's tokens.
         config: the encoder's own transformers config as a dict (`TimmWrapperConfig` or
-            `CLIPVisionConfig` fields, including `model_type`).
+            `CLIPVisionConfig` fields, including `model_type`). `LiteGPTConfig` moves it to its sub-config
+            `{name}_vision_config`.
         num_prefix_tokens: leading non-patch tokens (CLS) dropped from the output.
         feature_layer: `-1` takes `last_hidden_state` (after timm's final norm; before CLIP's
             `post_layernorm`), any other index takes that entry of `hidden_states`.
@@ -195,11 +215,17 @@ TINY_TEXT_CONFIG = {
 class LiteGPTConfig(PreTrainedConfig):
     r"""Configuration of a [`LiteGPTForConditionalGeneration`].
 
+    Sub-configs (`sub_configs`): `text_config` and, per vision encoder `name`, `{name}_vision_config` (the paper's
+    `biomed_vision_config`, a `TimmWrapperConfig`, and `pubmed_vision_config`, a `CLIPVisionConfig`), so that
+    `from_pretrained(..., dtype=..., attn_implementation=...)` reaches the language model and every tower.
+
     Args:
         vision_encoders (`list[dict]`):
             The frozen image encoders, in concatenation order (see [`vision_encoder_spec`] for the fields of
             each entry). All must share `image_size` and `hidden_size`: one `pixel_values` tensor feeds all
-            of them and their patch tokens are concatenated along the sequence.
+            of them and their patch tokens are concatenated along the sequence. An entry's `config` (the
+            encoder's own config) becomes the sub-config `{name}_vision_config`; when that key is given
+            (a saved config), it takes precedence.
         tokens_per_group (`int`, defaults to 5):
             How many consecutive positions of the concatenated token sequence form one LM token
             (the paper's "five adjacent tokens"). The total patch count must be divisible by it.
@@ -234,6 +260,7 @@ class LiteGPTConfig(PreTrainedConfig):
 
     model_type = "litegpt"
     attribute_map = {"image_token_index": "image_token_id"}
+    sub_configs = _SubConfigs()
 
     def __init__(
         self,
@@ -253,6 +280,9 @@ class LiteGPTConfig(PreTrainedConfig):
         **kwargs,
     ):
         self.vision_encoders = copy.deepcopy(vision_encoders) if vision_encoders is not None else paper_vision_encoders()
+        for spec in self.vision_encoders:
+            key = vision_config_key(spec["name"])
+            setattr(self, key, self._build_vision_config(spec, kwargs.pop(key, None)))
         self.tokens_per_group = tokens_per_group
         self.vision_feature_norm = vision_feature_norm
         self.vision_feature_norm_eps = vision_feature_norm_eps
@@ -284,12 +314,26 @@ class LiteGPTConfig(PreTrainedConfig):
             raise ValueError(f"text_config: unknown model_type {model_type!r}")
         return CONFIG_MAPPING[model_type](**text_config)
 
+    @staticmethod
+    def _build_vision_config(spec: dict[str, Any], saved: dict[str, Any] | PreTrainedConfig | None) -> PreTrainedConfig:
+        """The sub-config of one encoder: `saved` (from a saved config) or the spec's `config` dict, which is moved
+        out of the spec so that one config exists per tower."""
+        inline = spec.pop("config", None)
+        if isinstance(saved, PreTrainedConfig):
+            return saved
+        source = saved if saved is not None else inline
+        if source is None:
+            raise ValueError(f"vision encoder {spec['name']!r} has no config (`config` entry or `{vision_config_key(spec['name'])}`)")
+        source = dict(source)
+        model_type = source.pop("model_type", VISION_ENCODER_KINDS.get(spec.get("kind")))
+        if model_type not in CONFIG_MAPPING:
+            raise ValueError(f"vision encoder {spec['name']!r}: unknown model_type {model_type!r}")
+        return CONFIG_MAPPING[model_type](**source)
+
     # ------------------------------------------------------------------ derived layout
     def vision_encoder_config(self, index: int) -> PreTrainedConfig:
-        """The transformers config object of encoder `index`."""
-        spec = dict(self.vision_encoders[index]["config"])
-        model_type = spec.pop("model_type")
-        return CONFIG_MAPPING[model_type](**spec)
+        """The transformers config object of encoder `index` (the sub-config its tower is built from)."""
+        return getattr(self, vision_config_key(self.vision_encoders[index]["name"]))
 
     @property
     def vision_hidden_size(self) -> int:
@@ -329,9 +373,12 @@ class LiteGPTConfig(PreTrainedConfig):
             if e["image_size"] % e["patch_size"]:
                 raise ValueError(f"encoder {e['name']!r}: image_size {e['image_size']} is not a multiple of patch_size {e['patch_size']}")
             if e["kind"] == "clip":
+                encoder_config = getattr(self, vision_config_key(e["name"]))
                 for field in ("image_size", "patch_size", "hidden_size"):
-                    if field in e["config"] and e["config"][field] != e[field]:
-                        raise ValueError(f"encoder {e['name']!r}: {field}={e[field]} disagrees with its config ({e['config'][field]})")
+                    if getattr(encoder_config, field) != e[field]:
+                        raise ValueError(
+                            f"encoder {e['name']!r}: {field}={e[field]} disagrees with its config ({getattr(encoder_config, field)})"
+                        )
         if self.tokens_per_group < 1 or self.num_patch_tokens % self.tokens_per_group:
             raise ValueError(
                 f"{self.num_patch_tokens} patch tokens cannot be grouped {self.tokens_per_group} at a time; "
@@ -379,6 +426,7 @@ class LiteGPTConfig(PreTrainedConfig):
 
 __all__ = [
     "LiteGPTConfig",
+    "vision_config_key",
     "vision_encoder_spec",
     "paper_vision_encoders",
     "small_vision_encoders",

@@ -13,9 +13,8 @@ parameter-free LayerNorm, and every `tokens_per_group` consecutive positions bec
 Shipped as remote code next to the weights: imports only torch, transformers and sibling files.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +23,8 @@ from transformers import AutoModel, BitsAndBytesConfig, GenerationMixin, PreTrai
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.utils import TransformersKwargs, can_return_tuple
 
 try:
     from .configuration_litegpt import LiteGPTConfig
@@ -139,6 +139,11 @@ def bnb_quantization_config(
     raise ValueError(f"bits must be 4 or 8, got {bits}")
 
 
+def _continues_a_cache(past_key_values: Cache | None) -> bool:
+    """True when this pass extends a non-empty KV cache, i.e. it reads tokens after the prompt."""
+    return past_key_values is not None and past_key_values.get_seq_length() > 0
+
+
 class LiteGPTPreTrainedModel(PreTrainedModel):
     config_class = LiteGPTConfig
     config: LiteGPTConfig
@@ -171,6 +176,11 @@ class LiteGPTPreTrainedModel(PreTrainedModel):
 
 class LiteGPTModel(LiteGPTPreTrainedModel):
     """Vision towers + parameter-free token norm + projector + language model, without LM head."""
+
+    # The towers and the projector stay in float: bitsandbytes never quantises them (a plain
+    # `BitsAndBytesConfig(load_in_8bit=True)` quantises the language model only, as in the paper) and a float16
+    # load keeps them in float32. Entries are module-path patterns, as transformers matches them.
+    _keep_in_fp32_modules = ["multi_modal_projector", r"\w+_vision_tower"]
 
     def __init__(self, config: LiteGPTConfig):
         super().__init__(config)
@@ -211,15 +221,20 @@ class LiteGPTModel(LiteGPTPreTrainedModel):
                 tower.eval()
         return self
 
-    def _tower_patch_tokens(self, tower: nn.Module, spec: dict, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Patch tokens of one encoder, `(B, num_patches, D)`, CLS/prefix tokens dropped."""
+    def _run_tower(
+        self, tower: nn.Module, spec: dict, pixel_values: torch.Tensor, output_hidden_states: bool, output_attentions: bool
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        """Patch tokens of one encoder `(B, num_patches, D)` (CLS/prefix tokens dropped), with its hidden states and
+        attentions when asked (timm towers cannot return attentions: theirs stay `None`)."""
         tower_dtype = next(tower.parameters()).dtype
-        pixel_values = pixel_values.to(tower_dtype)
         layer = spec.get("feature_layer", -1)
-        if layer == -1:
-            hidden = tower(pixel_values=pixel_values).last_hidden_state
-        else:
-            hidden = tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[layer]
+        outputs = tower(
+            pixel_values=pixel_values.to(tower_dtype),
+            output_hidden_states=output_hidden_states or layer != -1,
+            output_attentions=output_attentions and spec["kind"] != "timm",
+            return_dict=True,
+        )
+        hidden = outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]
         num_patches = (spec["image_size"] // spec["patch_size"]) ** 2
         prefix = spec.get("num_prefix_tokens", 1)
         if hidden.shape[1] != prefix + num_patches:
@@ -227,7 +242,31 @@ class LiteGPTModel(LiteGPTPreTrainedModel):
                 f"vision encoder {spec['name']!r} returned {hidden.shape[1]} tokens, expected {prefix} prefix + "
                 f"{num_patches} patch tokens for image_size {spec['image_size']} / patch {spec['patch_size']}"
             )
-        return hidden[:, prefix:]
+        hidden_states = tuple(outputs.hidden_states) if output_hidden_states else None
+        attentions = getattr(outputs, "attentions", None) if output_attentions else None
+        return hidden[:, prefix:], hidden_states, tuple(attentions) if attentions is not None else None
+
+    def _vision_tokens(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        """The towers' patch tokens concatenated in config order and normalised, `(B, num_patch_tokens, D)`, with
+        every tower's hidden states / attentions, towers one after the other, when asked."""
+        expected = (self.config.image_size, self.config.image_size)
+        if tuple(pixel_values.shape[-2:]) != expected:
+            raise ValueError(f"pixel_values of spatial size {tuple(pixel_values.shape[-2:])}, the encoders expect {expected}")
+        towers_trainable = any(p.requires_grad for tower in self.vision_towers for p in tower.parameters())
+        with torch.set_grad_enabled(towers_trainable and torch.is_grad_enabled()):
+            runs = [
+                self._run_tower(tower, spec, pixel_values, output_hidden_states, output_attentions)
+                for tower, spec in zip(self.vision_towers, self.config.vision_encoders)
+            ]
+            tokens = torch.cat([patch_tokens for patch_tokens, _, _ in runs], dim=1)
+            if self.config.vision_feature_norm:
+                # The reference's `ln_vision` is never loaded nor trained: a non-affine LayerNorm, in fp32.
+                tokens = F.layer_norm(tokens.float(), (tokens.shape[-1],), eps=self.config.vision_feature_norm_eps)
+        hidden_states = sum((states for _, states, _ in runs), ()) if output_hidden_states else None
+        attentions = sum((maps for _, _, maps in runs if maps is not None), ()) if output_attentions else None
+        return tokens, hidden_states, attentions
 
     def get_projector_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Grouped, normalised patch tokens `(B, num_image_tokens, projector_input_size)`.
@@ -235,35 +274,47 @@ class LiteGPTModel(LiteGPTPreTrainedModel):
         Depends only on the frozen towers, so it can be cached per image and fed back through
         `get_image_features(projector_inputs=...)`.
         """
-        expected = (self.config.image_size, self.config.image_size)
-        if tuple(pixel_values.shape[-2:]) != expected:
-            raise ValueError(f"pixel_values of spatial size {tuple(pixel_values.shape[-2:])}, the encoders expect {expected}")
-        towers_trainable = any(p.requires_grad for tower in self.vision_towers for p in tower.parameters())
-        with torch.set_grad_enabled(towers_trainable and torch.is_grad_enabled()):
-            tokens = torch.cat(
-                [
-                    self._tower_patch_tokens(tower, spec, pixel_values)
-                    for tower, spec in zip(self.vision_towers, self.config.vision_encoders)
-                ],
-                dim=1,
-            )
-            if self.config.vision_feature_norm:
-                # The reference's `ln_vision` is never loaded nor trained: a non-affine LayerNorm, in fp32.
-                tokens = F.layer_norm(tokens.float(), (tokens.shape[-1],), eps=self.config.vision_feature_norm_eps)
+        tokens, _, _ = self._vision_tokens(pixel_values)
         return group_patch_tokens(tokens, self.config.tokens_per_group)
 
+    @can_return_tuple
     def get_image_features(
-        self, pixel_values: torch.Tensor | None = None, projector_inputs: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Projected image features `(B, num_image_tokens, lm_hidden)` from pixels or cached projector inputs."""
+        self,
+        pixel_values: torch.Tensor | None = None,
+        projector_inputs: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """Image features from pixels or from cached projector inputs, as a `BaseModelOutputWithPooling`:
+
+        * `pooler_output` `(B, num_image_tokens, lm_hidden)`: the projected features the model scatters into the
+          language model's input at the image tokens;
+        * `last_hidden_state` `(B, num_patch_tokens, vision_hidden)`: the towers' patch tokens, concatenated in
+          config order and normalised (what the projector groups `tokens_per_group` at a time);
+        * `hidden_states` / `attentions` (`output_hidden_states` / `output_attentions`, default from the config):
+          every tower's, towers one after the other in config order (a timm tower gives one hidden state per block
+          and no attentions; a CLIP tower the embeddings plus one per layer, and its attentions). `None` from
+          cached projector inputs, which skip the towers.
+
+        `return_dict=False` gives the tuple of the non-`None` fields.
+        """
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        hidden_states = attentions = None
         if projector_inputs is None:
             if pixel_values is None:
                 raise ValueError("get_image_features needs pixel_values or projector_inputs")
-            projector_inputs = self.get_projector_inputs(pixel_values)
+            tokens, hidden_states, attentions = self._vision_tokens(pixel_values, output_hidden_states, output_attentions)
+            projector_inputs = group_patch_tokens(tokens, self.config.tokens_per_group)
+        else:
+            tokens = projector_inputs.reshape(projector_inputs.shape[0], -1, self.config.vision_hidden_size)
         projector_dtype = self.multi_modal_projector.linear_1.weight.dtype
         if not projector_dtype.is_floating_point:  # quantised projector weights are never expected, but be explicit
             projector_dtype = torch.float32
-        return self.multi_modal_projector(projector_inputs.to(projector_dtype))
+        features = self.multi_modal_projector(projector_inputs.to(projector_dtype))
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tokens, pooler_output=features, hidden_states=hidden_states, attentions=attentions
+        )
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor):
         """Boolean mask of the image-token positions, checked against the number of image features."""
@@ -282,6 +333,7 @@ class LiteGPTModel(LiteGPTPreTrainedModel):
             )
         return special_image_mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -292,8 +344,17 @@ class LiteGPTModel(LiteGPTPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         projector_inputs: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        **kwargs,
+        image_sizes: list | torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LiteGPTModelOutputWithPast:
+        """Language-model hidden states with the image features placed at the image tokens.
+
+        Image features replace the image tokens of a pass that reads the prompt. In a pass that continues a KV cache
+        (every decoding step), an image token id is an ordinary token with its own embedding: the image is already
+        in the cache, and the model may emit the id (the shipped generation config suppresses it). `image_sizes`
+        (the processor's `return_image_sizes=True`) is accepted and unused: every image is squash-resized to the
+        encoders' input size, its original size matters only to map boxes back (`post_process_grounding`).
+        """
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if pixel_values is not None and projector_inputs is not None:
@@ -303,12 +364,22 @@ class LiteGPTModel(LiteGPTPreTrainedModel):
 
         image_features = None
         if pixel_values is not None or projector_inputs is not None:
-            image_features = self.get_image_features(pixel_values=pixel_values, projector_inputs=projector_inputs)
+            image_features = self.get_image_features(
+                pixel_values=pixel_values,
+                projector_inputs=projector_inputs,
+                output_hidden_states=False,
+                output_attentions=False,
+                return_dict=True,
+            ).pooler_output
             image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
-        elif input_ids is not None and bool((input_ids == self.config.image_token_id).any()):
-            # Without this check the placeholder row would silently reach the LM as a learned token.
+        elif (
+            input_ids is not None
+            and not _continues_a_cache(past_key_values)
+            and bool((input_ids == self.config.image_token_id).any())
+        ):
+            # A prompt's placeholders without an image would otherwise reach the LM silently as a learned token.
             raise ValueError("input_ids contain image tokens but neither pixel_values nor projector_inputs were given")
 
         outputs = self.language_model(
@@ -317,6 +388,7 @@ class LiteGPTModel(LiteGPTPreTrainedModel):
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         return LiteGPTModelOutputWithPast(
@@ -332,6 +404,9 @@ class LiteGPTForConditionalGeneration(LiteGPTPreTrainedModel, GenerationMixin):
     """LiteGPT with its LM head: `AutoModelForImageTextToText`, `AutoModelForCausalLM` and `AutoModel` target."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    # As in `LiteGPTModel`, with this class's module paths (bitsandbytes matches from the start of a path).
+    _keep_in_fp32_modules = ["model.multi_modal_projector", r"model\.\w+_vision_tower"]
 
     def __init__(self, config: LiteGPTConfig):
         super().__init__(config)
@@ -348,15 +423,52 @@ class LiteGPTForConditionalGeneration(LiteGPTPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
+    @classmethod
+    def lora_config(
+        cls,
+        r: int = 64,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.05,
+        train_projector: bool = True,
+        **kwargs,
+    ):
+        """The paper's LoRA as a `peft.LoraConfig`: rank `r` (64) on the language model's q/v projections only
+        (`LORA_TARGET_MODULES`, a regex: PEFT suffix-matches a list such as `["q_proj", "v_proj"]`, which would
+        also wrap PubMedCLIP's attention), alpha 16 and dropout 0.05 as in the reference code, and the projector
+        trained in full (`modules_to_save`; a plain LoRA config leaves it frozen). `kwargs` go to `LoraConfig`.
+        """
+        try:  # inside `try`, transformers' remote-code loader does not make PEFT a requirement of loading the model
+            from peft import LoraConfig
+        except ImportError as err:
+            raise ImportError("LiteGPT's LoRA configuration needs PEFT: `pip install peft`") from err
+
+        return LoraConfig(
+            r=r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            bias="none",
+            task_type="CAUSAL_LM",
+            target_modules=LORA_TARGET_MODULES,
+            modules_to_save=["multi_modal_projector"] if train_projector else None,
+            **kwargs,
+        )
+
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.lm_head = new_embeddings
 
     def freeze_vision(self, frozen: bool = True) -> None:
         self.model.freeze_vision(frozen)
 
-    def get_image_features(self, pixel_values=None, projector_inputs=None) -> torch.Tensor:
-        return self.model.get_image_features(pixel_values=pixel_values, projector_inputs=projector_inputs)
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        projector_inputs: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """See `LiteGPTModel.get_image_features` (`output_hidden_states`, `output_attentions`, `return_dict`)."""
+        return self.model.get_image_features(pixel_values=pixel_values, projector_inputs=projector_inputs, **kwargs)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -369,8 +481,10 @@ class LiteGPTForConditionalGeneration(LiteGPTPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         projector_inputs: torch.Tensor | None = None,
-        **kwargs,
+        image_sizes: list | torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LiteGPTCausalLMOutputWithPast:
+        """Logits (and the loss with `labels`); see `LiteGPTModel.forward` for the image inputs and `image_sizes`."""
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -380,6 +494,7 @@ class LiteGPTForConditionalGeneration(LiteGPTPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             projector_inputs=projector_inputs,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -400,11 +515,15 @@ class LiteGPTForConditionalGeneration(LiteGPTPreTrainedModel, GenerationMixin):
         )
 
     def prepare_inputs_for_generation(
-        self, input_ids, pixel_values=None, projector_inputs=None, is_first_iteration=False, **kwargs
+        self, input_ids, pixel_values=None, projector_inputs=None, past_key_values=None, is_first_iteration=False, **kwargs
     ):
-        """Pass the image only at prefill (or without a cache): afterwards it lives in the KV cache."""
-        model_inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration, **kwargs)
-        if is_first_iteration or not kwargs.get("use_cache", True):
+        """Pass the image to every pass that reads the prompt: the prefill, each step without a cache, and an assistant
+        model's first pass (assisted decoding calls it with `is_first_iteration=False` and an empty cache). Passes
+        that continue a cache get no image: it is in the cache."""
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, past_key_values=past_key_values, is_first_iteration=is_first_iteration, **kwargs
+        )
+        if is_first_iteration or not kwargs.get("use_cache", True) or not _continues_a_cache(past_key_values):
             model_inputs["pixel_values"] = pixel_values
             model_inputs["projector_inputs"] = projector_inputs
         return model_inputs

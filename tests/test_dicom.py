@@ -201,3 +201,88 @@ def test_dicom_through_the_processor(tmp_path):
         bad = tmp_path / "bad.dcm"
         bad.write_bytes(path.read_bytes()[:-50])
         processor(images=str(bad), text=prompt)
+
+
+# ------------------------------------------------------------------ as hospitals store them: compressed transfer syntaxes
+# pydicom's own test files (shipped in the pydicom wheel, found offline by `get_testdata_file`).
+COMPRESSED_TEST_FILES = {
+    "JPEGLSNearLossless_08.dcm": ("JPEG-LS Lossy (Near-Lossless) Image Compression", (10, 45)),
+    "MR_small_jpeg_ls_lossless.dcm": ("JPEG-LS Lossless Image Compression", (64, 64)),
+    "JPGExtended.dcm": ("JPEG Extended (Process 2 and 4)", (256, 1024)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMPRESSED_TEST_FILES))
+def test_jpeg_ls_and_12_bit_jpeg_extended_files_decode(name):
+    """Decoded through the pylibjpeg plugins the project depends on (without them pydicom refuses all three)."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    transfer_syntax, size = COMPRESSED_TEST_FILES[name]
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID.name == transfer_syntax
+    image, got_size = load_image_with_size(path)
+    assert got_size == size and image.mode == "RGB"
+    assert len(np.unique(np.asarray(image))) > 2, "decoded pixels, not a constant image"
+
+
+def test_jpeg_ls_lossless_decodes_to_the_uncompressed_image():
+    from pydicom.data import get_testdata_file
+
+    compressed = dicom_to_uint8(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
+    np.testing.assert_array_equal(compressed, dicom_to_uint8(get_testdata_file("MR_small.dcm")))
+
+
+def test_12_bit_jpeg_extended_keeps_its_12_bits():
+    """Pillow decodes 8-bit JPEG only; the 12-bit values must survive to the window (no clipping at 255)."""
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))
+    assert ds.BitsStored == 12 and ds.pixel_array.max() > 255
+    np.testing.assert_array_equal(dicom_to_uint8(ds), minmax_to_uint8(ds.pixel_array))
+
+
+# ------------------------------------------------------------------ what is not a DICOM image says so
+def test_empty_or_non_dicom_file_named_dcm_is_refused_as_such(tmp_path):
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    with pytest.raises(DicomReadError, match=r"empty\.dcm is empty \(0 bytes\): not a DICOM file"):
+        load_image(empty)
+    text = tmp_path / "notes.dcm"
+    text.write_text("patient notes, not an image\n" * 20)
+    with pytest.raises(DicomReadError, match=r"notes\.dcm is not a DICOM file: no 'DICM' preamble"):
+        load_image(text)
+    png = tmp_path / "scan.dcm"
+    Image.fromarray(IDENTITY).save(png, format="PNG")
+    with pytest.raises(DicomReadError, match=r"scan\.dcm is not a DICOM file.*PNG"):
+        load_image(png)
+
+
+def test_dicom_without_pixel_data_is_refused_as_such(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    report = get_testdata_file("test-SR.dcm")  # a structured report: a DICOM file without an image
+    with pytest.raises(DicomReadError, match=r"test-SR\.dcm holds no image: it has no Pixel Data element"):
+        load_image(report)
+    with pytest.raises(DicomReadError, match="holds no image"):
+        load_image(pydicom.dcmread(report))  # a dataset, not a path
+    header_only = pydicom.dcmread(write_dicom(tmp_path / "h.dcm", RAMP))
+    del header_only.PixelData
+    with pytest.raises(DicomReadError, match=r"h\.dcm holds no image"):
+        load_image(header_only)
+
+
+def test_bytes_that_are_no_image_are_refused_clearly():
+    with pytest.raises(ValueError, match=r"cannot read image bytes \(29 bytes starting b'not an i'\): neither DICOM"):
+        load_image(b"not an image, just some bytes")
+
+
+def test_alpha_is_dropped_not_composited():
+    """Documented behaviour: transparency is ignored, every pixel keeps its colour (no blending on black or white)."""
+    rgba = np.zeros((2, 2, 4), dtype=np.uint8)
+    rgba[..., 0] = 200  # red everywhere
+    rgba[0, 0, 3] = 0  # one fully transparent pixel
+    rgba[1, 1, 3] = 255
+    for source in (Image.fromarray(rgba, mode="RGBA"), rgba):
+        np.testing.assert_array_equal(np.asarray(load_image(source))[..., 0], np.full((2, 2), 200))
+    grey_alpha = Image.fromarray(np.dstack([np.full((2, 2), 90, np.uint8), np.zeros((2, 2), np.uint8)]), mode="LA")
+    np.testing.assert_array_equal(np.asarray(load_image(grey_alpha)), np.full((2, 2, 3), 90))

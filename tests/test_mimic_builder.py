@@ -476,3 +476,29 @@ def test_malformed_chexpert_cell_names_file_and_line(synth, tmp_path):
                        label_source="chexpert")
     with pytest.raises(MIMICDataError, match=r"chexpert\.csv\.gz:4: column 'Pneumothorax'"):
         builder.download_and_prepare()
+
+
+def test_a_split_emptied_by_skipped_images_is_left_out_and_listed(synth, tmp_path):
+    """Only some splits' images downloaded (here: none of validation's): the split has no rows, so it is left out of
+    the dataset and listed in counts["empty_splits"], as a split empty in the plan is; the images are named."""
+    root, manifest = synth
+    out = tmp_path / "no_validation_images"
+    shutil.copytree(root, out)
+    removed = []
+    for study in studies(manifest):
+        if study["split"] == "validate":
+            for image in study["images"]:
+                (out / image["dicom"]).unlink()
+                removed.append(str(out / image["dicom"]))
+    assert removed
+    builder, ds = build(out, tmp_path / "cache", "report", on_bad_image="skip", on_bad_report="skip")
+    assert list(ds) == ["train", "test"]
+    assert builder.counts["empty_splits"] == ["validation"]
+    assert builder.preprocessing_log["rows"] == {"train": len(ds["train"]), "test": len(ds["test"])}
+    missing = [entry["item"] for entry in builder.skipped["items"] if entry["reason"] == "image_missing"]
+    assert missing and all(any(path in item for path in removed) for item in missing)
+    # Read back from the cache, the dataset still has no validation split and loads.
+    again = MIMICCXR(config_name="report", data_dir=str(out), cache_dir=str(tmp_path / "cache"), max_side=0,
+                     on_bad_image="skip", on_bad_report="skip")
+    again.download_and_prepare()
+    assert list(again.as_dataset()) == ["train", "test"] and again.counts["empty_splits"] == ["validation"]

@@ -105,14 +105,20 @@ def test_skip_list_keeps_towers_projector_and_head_unquantised():
         bnb_quantization_config(config, 3)
 
 
-@pytest.mark.parametrize("bits,min_cosine", [(8, 0.995), (4, 0.95)])
-def test_bitsandbytes_quantises_only_the_language_model(tmp_path, bits, min_cosine):
-    pytest.importorskip("bitsandbytes")
+def _saved_model_with_a_wider_lm(folder) -> LiteGPTConfig:
+    """The tiny preset with a wider language model (hidden size 64), saved to `folder`."""
     config = LiteGPTConfig.from_preset("tiny", text_config=dict(
         model_type="llama", vocab_size=99, hidden_size=64, intermediate_size=128,
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
     torch.manual_seed(0)
-    LiteGPTForConditionalGeneration(config).save_pretrained(tmp_path)
+    LiteGPTForConditionalGeneration(config).save_pretrained(folder)
+    return config
+
+
+@pytest.mark.parametrize("bits,min_cosine", [(8, 0.995), (4, 0.95)])
+def test_bitsandbytes_quantises_only_the_language_model(tmp_path, bits, min_cosine):
+    pytest.importorskip("bitsandbytes")
+    config = _saved_model_with_a_wider_lm(tmp_path)
     full = LiteGPTForConditionalGeneration.from_pretrained(tmp_path).eval()
     quantised = LiteGPTForConditionalGeneration.from_pretrained(
         tmp_path, quantization_config=bnb_quantization_config(config, bits, torch.float32), device_map="cpu"
@@ -133,3 +139,50 @@ def test_bitsandbytes_quantises_only_the_language_model(tmp_path, bits, min_cosi
     cosine = torch.nn.functional.cosine_similarity(got.flatten(), reference.flatten(), dim=0)
     assert cosine > min_cosine
     assert not torch.equal(got, reference)  # it really ran quantised
+
+
+def test_a_plain_8bit_config_leaves_towers_and_projector_in_float(tmp_path):
+    """`BitsAndBytesConfig(load_in_8bit=True)` without a skip list: the model class declares what stays in float."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    _saved_model_with_a_wider_lm(tmp_path)
+    quantised = LiteGPTForConditionalGeneration.from_pretrained(
+        tmp_path, quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map="cpu"
+    ).eval()
+    kinds = {n: type(m).__name__ for n, m in quantised.named_modules()}
+    assert kinds["model.language_model.layers.0.self_attn.q_proj"] == "Linear8bitLt"
+    float_linears = [n for n in kinds if n.startswith(("model.multi_modal_projector.", "model.pubmed_vision_tower.",
+                                                       "model.biomed_vision_tower.")) and kinds[n].startswith("Linear")]
+    assert float_linears and all(kinds[n] == "Linear" for n in float_linears), [
+        n for n in float_linears if kinds[n] != "Linear"]
+    assert kinds["lm_head"] == "Linear"
+    with torch.no_grad():
+        assert torch.isfinite(quantised(**_inputs()).logits).all()
+
+
+def test_the_paper_lora_scope_ships_with_the_checkpoint(tiny_checkpoint):
+    """From the checkpoint's own remote code, without this repository: `lora_config()` targets the LM's q/v only and
+    trains the projector in full; the naive suffix list would also wrap PubMedCLIP's q/v and freeze the projector."""
+    from peft import LoraConfig
+    from transformers import AutoModelForImageTextToText
+
+    def wrapped_and_trainable(config):
+        model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules")  # the shipped class, not the repo's
+        peft_model = get_peft_model(model, config)
+        wrapped = {n.rsplit(".lora_", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_" in n}
+        trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad and ".lora_" not in n}
+        return wrapped, trainable
+
+    naive_wrapped, naive_trainable = wrapped_and_trainable(LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+    assert any("pubmed_vision_tower" in n for n in naive_wrapped) and not naive_trainable
+
+    model_class = type(AutoModelForImageTextToText.from_pretrained(tiny_checkpoint, trust_remote_code=True))
+    config = model_class.lora_config(r=8)
+    assert (config.r, config.lora_alpha, config.lora_dropout) == (8, 16, 0.05)
+    assert model_class.lora_config().r == 64  # the paper's rank by default
+    wrapped, trainable = wrapped_and_trainable(config)
+    assert wrapped and all(re.search(r"\.language_model\.layers\.\d+\.self_attn\.(q_proj|v_proj)$", n) for n in wrapped)
+    assert trainable and all(".multi_modal_projector.modules_to_save." in n for n in trainable)
+    assert model_class.lora_config(train_projector=False).modules_to_save is None

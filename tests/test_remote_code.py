@@ -129,3 +129,16 @@ def test_smollm2_gguf_becomes_the_litegpt_smol_language_model(tmp_path):
     new_tokens = generated[0, inputs["input_ids"].shape[1]:]
     assert 0 < len(new_tokens) <= 12
     assert isinstance(processor.decode(new_tokens, skip_special_tokens=True), str)
+
+
+def test_remote_code_requires_only_torch_transformers_numpy_and_pillow():
+    """transformers' loader refuses a checkpoint whose remote code imports a missing package anywhere in the file
+    (function bodies included, `try` blocks excepted): PEFT, pydicom and its decoders must stay optional."""
+    from transformers.dynamic_module_utils import get_imports
+
+    root = Path(__file__).resolve().parent.parent
+    imported = set()
+    for name in ("configuration_litegpt.py", "modeling_litegpt.py", "processing_litegpt.py"):
+        imported |= set(get_imports(root / name))
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
+    assert third_party == {"torch", "transformers", "numpy", "PIL"}

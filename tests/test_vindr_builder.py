@@ -699,7 +699,7 @@ def test_compressed_transfer_syntaxes_convert_or_fail_clearly(synthetic, built, 
     ref = rows_by_id(built["grounding"][1]["test"])[image_id]["images"][0]
     assert np.array_equal(np.asarray(rows_by_id(ds["test"])[image_id]["images"][0]), np.asarray(ref))
 
-    _reencode(path, JPEGLSLossless, b"\xff\xd8\xff\xf7 not a real codestream \xff\xd9")  # no JPEG-LS decoder here
+    _reencode(path, JPEGLSLossless, b"\xff\xd8\xff\xf7 not a real codestream \xff\xd9")  # the decoder refuses it
     cache = tmp_path / "cache2"
     with pytest.raises(DicomReadError, match=f"{image_id}.dicom"):
         build(root, "grounding", cache)
@@ -889,3 +889,19 @@ def test_skiplog_and_push_refuses_public(tmp_path, caplog):
     (tmp_path / "README.md").write_text("---\n---\n")
     with pytest.raises(ValueError, match="public"):
         push_to_hub(tmp_path, "me/vindr", private=False)
+
+
+def test_a_split_emptied_by_undecodable_images_is_left_out_and_listed(synthetic, tmp_path):
+    """Every test DICOM has a readable header but truncated pixels: with on_bad_image="skip" the test split loses
+    all its rows while generating, so it is left out (as a split empty in the plan is) and listed."""
+    manifest, data_dir = synthetic
+    root = copy_vindr(data_dir, tmp_path / "vindr")
+    test_ids = [i for i, m in manifest["vindr"]["images"].items() if m["split"] == "test"]
+    for image_id in test_ids:
+        path = root / "test" / f"{image_id}.dicom"
+        path.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.7)])
+    builder, ds = build(root, "grounding", tmp_path / "cache", on_bad_image="skip")
+    assert "test" not in ds and len(ds["train"]) > 0
+    assert builder.counts["empty_splits_omitted"] == ["test"]
+    assert builder.skipped["dicom_decode_failed"] == len(test_ids)
+    assert "test" not in builder.preprocessing_log["rows"]
