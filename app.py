@@ -62,6 +62,9 @@ DEFAULT_EXAMPLES_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cac
 PALETTE = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
            "#fabed4", "#469990", "#dcbeff", "#9a6324", "#fffac8", "#800000", "#aaffc3", "#808000", "#ffd8b1",
            "#000075", "#a9a9a9", "#ff4500", "#00ced1")  # fmt: skip
+# What a Hugging Face Space needs besides its README.md card and requirements.txt (docs/space/): this file and the
+# repository code it imports (the model's own code comes with its checkpoint).
+SPACE_FILES = ("app.py", "configuration_litegpt.py", "processing_litegpt.py", "litegpt_eval", "datasets_scripts")
 DISCLAIMER = "Research demo, not a medical device: do not use it for diagnosis or treatment decisions."
 
 
@@ -421,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=os.environ.get("LITEGPT_MODEL"),
                         help="base folder, stage (adapter) folder or Hub id (default: $LITEGPT_MODEL)")  # fmt: skip
     parser.add_argument("--revision", default=os.environ.get("LITEGPT_MODEL_REVISION"), help="Hub revision")
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    parser.add_argument("--dtype", default=os.environ.get("LITEGPT_DTYPE", "auto"),
+                        help="auto, float32, bfloat16 or float16 (default: $LITEGPT_DTYPE or auto)")  # fmt: skip
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--max_new_tokens", type=int, default=None,
                         help="token budget of an answer (default: eval.py's, 512 grounding / 64 diagnosis)")  # fmt: skip

@@ -1,4 +1,6 @@
-"""A tiny LiteGPT that has learned the answers of two synthetic DICOMs, for the web demo's tests and screenshot.
+"""Support for the web demo's tests (`test_app.py`, `test_app_browser.py`): a taught tiny model and a served page.
+
+A tiny LiteGPT that has learned the answers of two synthetic DICOMs, for the web demo's tests and screenshot.
 
 The `tiny` preset (random weights, character-level tokenizer) answers gibberish, which would leave the page's boxes,
 table and scores untested. So the model assembled exactly as the other tests do is trained here, for a fixed number of
@@ -9,7 +11,10 @@ images as taught, boxes included, with scores from its real token probabilities;
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,3 +100,27 @@ def build_taught_model(root: Path) -> tuple[Path, TaughtImage, TaughtImage]:
     manifest = synthetic_images(root / "data")
     abnormal, normal = choose_images(manifest, root / "data")
     return teach_tiny_model((abnormal, normal), root / "model"), abnormal, normal
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def served_app(demo_model, examples: Sequence = (), examples_dir: str | None = None, concurrency: int = 2,
+               max_queue: int = 8) -> Iterator[str]:  # fmt: skip
+    """`app.py`'s page for `demo_model`, queued and launched by `app.launch` on a free port; yields its URL."""
+    import app
+
+    args = app.build_parser().parse_args(
+        ["--host", "127.0.0.1", "--port", str(free_port()), "--concurrency", str(concurrency), "--max_queue", str(max_queue)]
+    )
+    demo = app.build_demo(demo_model, examples)
+    app.launch(demo, args, examples_dir, prevent_thread_lock=True)
+    try:
+        yield f"http://127.0.0.1:{args.port}/"
+    finally:
+        demo.close()
