@@ -254,7 +254,7 @@ def analyse_upload(
 
     `progress(fraction, desc=...)` is told each step. Raises `UploadError` for an unreadable upload.
     """
-    report = progress or (lambda *args, **kwargs: None)
+    report = progress if progress is not None else (lambda *args, **kwargs: None)  # a gr.Progress may be falsy
     report(0.05, desc="Reading the image")
     image = read_upload(path, windowing)
     report(0.2, desc="Waiting for the model" if demo_model.busy() else "Generating the answer")
