@@ -222,7 +222,7 @@ def unparsed_lines(record: dict[str, Any], max_new_tokens: int) -> list[str]:
 def summary_markdown(result: dict[str, Any]) -> str:
     """One-paragraph reading of the result for the page."""
     image = result["image"]
-    source = f"DICOM, {WINDOWING_CHOICES[image['windowing']].lower()}" if image["dicom"] else "PNG/JPEG"
+    source = f"DICOM, windowing: {WINDOWING_CHOICES[image['windowing']]}" if image["dicom"] else "PNG/JPEG"
     lines = [f"`{image['name']}`: {image['width']} x {image['height']} px ({source})."]
     if result["task"] == "grounding":
         if result["findings"]:
@@ -338,7 +338,7 @@ def prepare_examples(folder: str | os.PathLike, n_findings: int = 3, seed: int =
         logger.info("generated the example images in %s", folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     picked = _pick_examples(manifest, folder, n_findings)
-    examples = [Example(str(path), f"synthetic DICOM: {label}") for path, label in picked]
+    examples = [Example(str(path), f"synthetic DICOM {k}: {label}") for k, (path, label) in enumerate(picked, 1)]
     if picked:
         first_path, first_label = picked[0]
         png = folder / "png" / f"{first_path.stem}.png"
@@ -347,7 +347,7 @@ def prepare_examples(folder: str | os.PathLike, n_findings: int = 3, seed: int =
             partial = png.with_suffix(".png.partial")
             load_image(first_path).save(partial, format="PNG")
             os.replace(partial, png)
-        examples.append(Example(str(png), f"synthetic PNG: {first_label}"))
+        examples.append(Example(str(png), f"synthetic PNG of DICOM 1: {first_label}"))
     return examples
 
 
@@ -365,17 +365,14 @@ def build_demo(demo_model: LiteGPTDemo, examples: Sequence[Example] = (), exampl
         except UploadError as err:
             logger.info("rejected upload: %s", err)
             # gr.Error renders HTML: the processor's message is text (it may hold "<...>").
-            raise gr.Error(html.escape(str(err)), duration=None, title="Cannot read this upload",
-                           print_exception=False) from None  # fmt: skip
+            raise gr.Error(html.escape(str(err)), duration=None, print_exception=False) from None
         result = out["result"]
         columns = FINDING_COLUMNS if task == "grounding" else DIAGNOSIS_COLUMNS
         table = pd.DataFrame(result["rows"], columns=columns)
-        if task == "grounding":
-            scores = {f"{f['label']} #{k + 1}": f["score"] for k, f in enumerate(result["findings"]) if f["score"] is not None}
-        else:
-            scores = dict(result["labels"])
-        return (out["overlay"], table, scores or None, summary_markdown(result), result["text"],
-                "\n".join(result["unparsed"]), result)  # fmt: skip
+        # The label scores are the diagnosis task's answer; a grounding answer's scores are in the table and on the boxes.
+        scores = gr.Label(value=result["labels"] if task == "diagnosis" else None, visible=task == "diagnosis")
+        return (out["overlay"], table, scores, summary_markdown(result), result["text"], "\n".join(result["unparsed"]),
+                result)  # fmt: skip
 
     with gr.Blocks(title="LiteGPT-CXR", analytics_enabled=False) as demo:
         gr.Markdown(
@@ -400,12 +397,13 @@ def build_demo(demo_model: LiteGPTDemo, examples: Sequence[Example] = (), exampl
                 if examples_note:
                     gr.Markdown(examples_note)
             with gr.Column(scale=2):
-                overlay = gr.Image(label="Image with findings", type="pil", format="png", interactive=False,
+                overlay = gr.Image(label="Image with findings", type="pil", format="png", interactive=False, height=520,
                                    elem_id="overlay")  # fmt: skip
                 summary = gr.Markdown(elem_id="summary")
                 table = gr.Dataframe(headers=FINDING_COLUMNS, label="Findings (box in pixels of the original image)",
                                      interactive=False, elem_id="findings")  # fmt: skip
-                scores = gr.Label(label="Scores", num_top_classes=len(VINDR_GLOBAL_LABELS), elem_id="scores")
+                scores = gr.Label(label="Global label scores (teacher-forced probability of each label)",
+                                  num_top_classes=len(VINDR_GLOBAL_LABELS), visible=False, elem_id="scores")  # fmt: skip
                 raw = gr.Textbox(label="Raw model answer", lines=3, interactive=False, elem_id="raw")
                 unparsed = gr.Textbox(label="Did not parse", placeholder="Everything in the answer parsed.", lines=2,
                                       interactive=False, elem_id="unparsed")  # fmt: skip

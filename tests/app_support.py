@@ -17,6 +17,7 @@ import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from tiny_tokenizer import build_tiny_tokenizer
@@ -95,11 +96,18 @@ def teach_tiny_model(images: tuple[TaughtImage, ...], out_dir: Path, seed: int =
     return save_litegpt(model, processor, out_dir)
 
 
-def build_taught_model(root: Path) -> tuple[Path, TaughtImage, TaughtImage]:
-    """Synthetic images under `root/data`, the taught model under `root/model`."""
+def build_taught_model(root: Path) -> SimpleNamespace:
+    """Synthetic images under `root/data`, the taught model under `root/model` and the abnormal DICOM as a PNG.
+
+    Returns `model_dir`, `abnormal` and `normal` (`TaughtImage`s) and `png`, the abnormal image as the 8-bit PNG the
+    app makes of the DICOM with its stored window.
+    """
     manifest = synthetic_images(root / "data")
     abnormal, normal = choose_images(manifest, root / "data")
-    return teach_tiny_model((abnormal, normal), root / "model"), abnormal, normal
+    model_dir = teach_tiny_model((abnormal, normal), root / "model")
+    png = root / "abnormal.png"
+    load_image(abnormal.path).save(png)
+    return SimpleNamespace(model_dir=model_dir, abnormal=abnormal, normal=normal, png=png)
 
 
 def free_port() -> int:

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pydicom
@@ -37,11 +36,7 @@ OUTPUTS = ("overlay", "table", "scores", "summary", "raw", "unparsed", "result")
 # ============================================================================================ fixtures
 @pytest.fixture(scope="module")
 def taught(tmp_path_factory):
-    root = tmp_path_factory.mktemp("app")
-    model_dir, abnormal, normal = build_taught_model(root)
-    png = root / "abnormal.png"
-    load_image(abnormal.path).save(png)  # the same 8-bit pixels the app gets from the DICOM (stored window)
-    return SimpleNamespace(model_dir=model_dir, abnormal=abnormal, normal=normal, png=png, root=root)
+    return build_taught_model(tmp_path_factory.mktemp("app"))
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +103,7 @@ def test_findings_equal_the_processors_post_processing_of_the_same_output(client
     assert table_rows(out["table"]) == [
         [f["label"], *(round(v, 1) for v in f["box"]), round(f["score"], 3)] for f in result["findings"]
     ]
-    assert {c["label"] for c in out["scores"]["confidences"]} == {f"{f['label']} #{k + 1}" for k, f in enumerate(result["findings"])}
+    assert out["scores"]["visible"] is False and not out["scores"]["value"]  # label scores: the diagnosis task's
     assert result["image"] == {"name": path.name, "width": taught.abnormal.width, "height": taught.abnormal.height,
                                "dicom": kind == "dicom", "windowing": "window" if kind == "dicom" else None}  # fmt: skip
 
@@ -154,7 +149,8 @@ def test_diagnosis_shows_every_global_label_with_its_score(client, taught, refer
     for label, (said, score) in rows.items():
         assert said == ("present" if label in result["positive"] else "not mentioned")
         assert score == round(result["labels"][label], 3)
-    shown = {c["label"]: c["confidence"] for c in out["scores"]["confidences"]}
+    assert out["scores"]["visible"] is True
+    shown = {c["label"]: c["confidence"] for c in out["scores"]["value"]["confidences"]}
     assert shown == pytest.approx(result["labels"])
 
 
@@ -298,12 +294,13 @@ def test_examples_are_generated_on_first_start_and_reused(tmp_path):
     folder = tmp_path / "examples"
     first = app.prepare_examples(folder)
     assert [Path(e.path).suffix for e in first] == [".dicom"] * (len(first) - 1) + [".png"]
-    assert len(first) >= 3 and first[-2].label == "synthetic DICOM: No finding"
+    assert len(first) >= 3 and first[-2].label == f"synthetic DICOM {len(first) - 1}: No finding"
     manifest = json.loads((folder / "manifest.json").read_text())
     truths = {Path(info["path"]).name: info["truth"] for info in manifest["vindr"]["images"].values()}
-    for example in first[:-2]:
+    for k, example in enumerate(first[:-2], 1):
         labels = sorted({box["class_name"] for box in truths[Path(example.path).name]["local"]})
-        assert example.label == f"synthetic DICOM: {', '.join(labels)}"
+        assert example.label == f"synthetic DICOM {k}: {', '.join(labels)}"
+    assert first[-1].label == first[0].label.replace("DICOM 1", "PNG of DICOM 1")
     assert np.array_equal(np.asarray(load_image(first[-1].path)), np.asarray(load_image(first[0].path)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["examples"]  # no staging folder left behind
 
