@@ -414,6 +414,24 @@ def build_demo(demo_model: LiteGPTDemo, examples: Sequence[Example] = (), exampl
     return demo
 
 
+# ======================================================================================= Space
+
+
+def write_space_folder(out_dir: str | os.PathLike) -> Path:
+    """A Hugging Face Space's files in `out_dir`: `SPACE_FILES` and the card and requirements of `docs/space/`."""
+    here, out = Path(__file__).resolve().parent, Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty: the Space folder must hold only the Space's files")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (*SPACE_FILES, "docs/space/README.md", "docs/space/requirements.txt"):
+        source, target = here / name, out / Path(name).name
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, target)
+    return out
+
+
 # ======================================================================================= command line
 
 
@@ -434,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_file_size", default="100mb", help="largest upload accepted")
     parser.add_argument("--examples_dir", default=str(DEFAULT_EXAMPLES_DIR), help="where the examples are generated")
     parser.add_argument("--no_examples", action="store_true", help="start without the synthetic examples")
+    parser.add_argument("--write_space", metavar="DIR", help="write a Hugging Face Space's files into DIR and exit")
     return parser
 
 
@@ -453,6 +472,9 @@ def launch(demo, args: argparse.Namespace, examples_dir: str | None, prevent_thr
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
+    if args.write_space:
+        logger.info("Space files written to %s", write_space_folder(args.write_space))
+        return
     if not args.model:
         raise SystemExit("no model: pass --model (folder or Hub id) or set LITEGPT_MODEL")
     if args.concurrency < 1 or args.max_queue < 1:

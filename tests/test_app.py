@@ -350,12 +350,8 @@ def fake_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
 def test_space_folder_runs_app_py_unchanged_on_a_hub_model(taught, client, tmp_path):
     """The Space's file set, started as Spaces start it (`python app.py`, model and address from the environment)."""
     space = tmp_path / "space"
-    space.mkdir()
-    for name in app.SPACE_FILES:
-        source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, space / name)
-    shutil.copy(ROOT / "docs" / "space" / "README.md", space / "README.md")
-    shutil.copy(ROOT / "docs" / "space" / "requirements.txt", space / "requirements.txt")
+    app.main(["--write_space", str(space)])
+    assert sorted(p.name for p in space.iterdir()) == sorted(["README.md", "requirements.txt", *app.SPACE_FILES])
     fake_hub_cache(tmp_path / "hf" / "hub", "litegpt-tests/tiny-demo", taught.model_dir)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
