@@ -359,7 +359,7 @@ def build_demo(demo_model: LiteGPTDemo, examples: Sequence[Example] = (), exampl
     import gradio as gr
     import pandas as pd
 
-    def analyse(path, task, windowing, progress=gr.Progress()):
+    def analyse(path, task, windowing, progress=gr.Progress()):  # noqa: B008 - Gradio's way to ask for a tracker
         try:
             out = analyse_upload(demo_model, path, task, windowing, progress=progress)
         except UploadError as err:

@@ -79,7 +79,9 @@ def teach_tiny_model(images: tuple[TaughtImage, ...], out_dir: Path, seed: int =
     for image in images:
         pixels = load_image(image.path)
         for task, answer in (("grounding", image.grounding), ("diagnosis", image.diagnosis)):
-            prompt_length = processor(images=pixels, text=processor.task_prompt(task), return_tensors="pt")["input_ids"].shape[1]
+            prompt_length = processor(images=pixels, text=processor.task_prompt(task), return_tensors="pt")[
+                "input_ids"
+            ].shape[1]
             inputs = processor(images=pixels, text=processor.task_prompt(task, answer=answer), return_tensors="pt")
             labels = inputs["input_ids"].clone()
             labels[:, :prompt_length] = -100  # loss on the answer and </s> only
@@ -124,7 +126,16 @@ def served_app(demo_model, examples: Sequence = (), examples_dir: str | None = N
     import app
 
     args = app.build_parser().parse_args(
-        ["--host", "127.0.0.1", "--port", str(free_port()), "--concurrency", str(concurrency), "--max_queue", str(max_queue)]
+        [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--concurrency",
+            str(concurrency),
+            "--max_queue",
+            str(max_queue),
+        ]
     )
     demo = app.build_demo(demo_model, examples)
     app.launch(demo, args, examples_dir, prevent_thread_lock=True)

@@ -11,6 +11,7 @@ import html
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -47,7 +48,9 @@ def demo_model(taught):
 @pytest.fixture(scope="module")
 def client(demo_model, tmp_path_factory):
     with served_app(demo_model) as url:
-        yield Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")), analytics_enabled=False)
+        yield Client(
+            url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")), analytics_enabled=False
+        )
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +96,9 @@ def test_findings_equal_the_processors_post_processing_of_the_same_output(client
     assert [(f["label"], f["box"], f["grid_box"]) for f in result["findings"]] == [
         (f["label"], list(f["box"]), list(f["grid_box"])) for f in expected["findings"]
     ]
-    assert [f["score"] for f in result["findings"]] == pytest.approx([f["score"] for f in expected["findings"]], rel=1e-5)
+    assert [f["score"] for f in result["findings"]] == pytest.approx(
+        [f["score"] for f in expected["findings"]], rel=1e-5
+    )
     assert result["failures"] == expected["failures"] == [] and out["unparsed"] == ""
     # The taught answer, boxes included (so the comparison above compared something).
     assert [f["label"] for f in result["findings"]] == [label for label, _ in taught.abnormal.local_boxes]
@@ -115,7 +120,7 @@ def test_overlay_is_the_image_with_each_box_drawn_in_its_label_colour(client, ta
     assert overlay.shape == plain.shape == (taught.abnormal.height, taught.abnormal.width, 3)
     changed = np.any(overlay != plain, axis=-1)
     for finding in out["result"]["findings"]:
-        x1, y1, x2, y2 = (int(round(v)) for v in finding["box"])
+        x1, y1, x2, y2 = (round(v) for v in finding["box"])
         colour = np.array(Image.new("RGB", (1, 1), app.label_colour(finding["label"])).getpixel((0, 0)))
         left_edge = overlay[y1 + 2 : y2 - 1, x1]  # below the caption, above the bottom edge
         assert np.all(left_edge == colour), finding
@@ -131,7 +136,9 @@ def test_normal_image_answers_no_finding_on_the_plain_image(client, taught, refe
     assert 0.5 < out["result"]["no_finding_score"] <= 1.0
     assert table_rows(out["table"]) == []
     assert "**No finding**" in out["summary"]
-    assert np.array_equal(np.asarray(Image.open(out["overlay"]).convert("RGB")), np.asarray(load_image(taught.normal.path)))
+    assert np.array_equal(
+        np.asarray(Image.open(out["overlay"]).convert("RGB")), np.asarray(load_image(taught.normal.path))
+    )
 
 
 def test_diagnosis_shows_every_global_label_with_its_score(client, taught, reference, demo_model):
@@ -238,11 +245,17 @@ def test_queue_runs_concurrency_requests_holds_max_queue_and_refuses_more(demo_m
     with served_app(demo_model, concurrency=1, max_queue=1) as url:
         queue_client = Client(url, verbose=False, download_files=str(tmp_path), analytics_enabled=False)
         with demo_model._lock:  # the model is busy: the running request waits inside the handler
-            running = queue_client.submit(handle_file(str(taught.normal.path)), "grounding", "window", api_name="/analyse")
+            running = queue_client.submit(
+                handle_file(str(taught.normal.path)), "grounding", "window", api_name="/analyse"
+            )
             wait_for(lambda: running.status().code == Status.PROGRESS)
-            waiting = queue_client.submit(handle_file(str(taught.normal.path)), "grounding", "window", api_name="/analyse")
+            waiting = queue_client.submit(
+                handle_file(str(taught.normal.path)), "grounding", "window", api_name="/analyse"
+            )
             wait_for(lambda: waiting.status().code == Status.IN_QUEUE)
-            refused = queue_client.submit(handle_file(str(taught.normal.path)), "grounding", "window", api_name="/analyse")
+            refused = queue_client.submit(
+                handle_file(str(taught.normal.path)), "grounding", "window", api_name="/analyse"
+            )
             with pytest.raises(Exception, match="[Qq]ueue is full"):
                 refused.result(timeout=120)
             assert running.status().progress_data[-1].desc == "Waiting for the model"
@@ -267,7 +280,9 @@ def test_an_adapter_folder_loads_on_the_base_its_config_names(taught, tmp_path):
     from scripts.litegpt_checkpoint import make_lora_config
 
     base = AutoModelForImageTextToText.from_pretrained(taught.model_dir, trust_remote_code=True)
-    peft_model = get_peft_model(base, make_lora_config(r=2, lora_alpha=4, base_model_name_or_path=str(taught.model_dir)))
+    peft_model = get_peft_model(
+        base, make_lora_config(r=2, lora_alpha=4, base_model_name_or_path=str(taught.model_dir))
+    )
     torch.manual_seed(0)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
@@ -337,6 +352,11 @@ def test_space_requirements_pin_the_projects_versions():
     assert f"sdk_version: {declared['gradio'].removeprefix('==')}" in card and "app_file: app.py" in card
 
 
+def port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def fake_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
     """`folder` as the cached snapshot of the Hub model `repo_id` (the layout huggingface_hub reads offline)."""
     commit = "0" * 40
@@ -359,23 +379,23 @@ def test_space_folder_runs_app_py_unchanged_on_a_hub_model(taught, client, tmp_p
                GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), XDG_CACHE_HOME=str(tmp_path / "cache"),
                OMP_NUM_THREADS="1")  # fmt: skip
     log = (tmp_path / "app.log").open("w")
-    process = subprocess.Popen([sys.executable, "-I", "app.py"], cwd=space, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-I", "app.py"], cwd=space, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
-        url = f"http://127.0.0.1:{port}/"
-        space_client = None
         for _ in range(240):  # up to 2 minutes to load the model, write the examples and start serving
-            if process.poll() is not None:
+            if process.poll() is not None or port_open(port):
                 break
-            try:
-                space_client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"), analytics_enabled=False)
-                break
-            except Exception:
-                time.sleep(0.5)
-        assert space_client is not None, (tmp_path / "app.log").read_text()[-3000:]
+            time.sleep(0.5)
+        assert port_open(port), (tmp_path / "app.log").read_text()[-3000:]
+        space_client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"),
+                              analytics_enabled=False)  # fmt: skip
         from_space = analyse(space_client, taught.abnormal.path)["result"]
         in_process = analyse(client, taught.abnormal.path)["result"]
         assert from_space["model"] == "litegpt-tests/tiny-demo"
-        assert {k: v for k, v in from_space.items() if k != "model"} == {k: v for k, v in in_process.items() if k != "model"}
+        assert {k: v for k, v in from_space.items() if k != "model"} == {
+            k: v for k, v in in_process.items() if k != "model"
+        }
         assert (tmp_path / "cache" / "litegpt-cxr" / "app-examples" / "manifest.json").is_file()
     finally:
         process.terminate()

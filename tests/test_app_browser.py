@@ -98,7 +98,9 @@ def overlay_size(driver) -> tuple[int, int] | None:
     images = driver.find_elements(By.CSS_SELECTOR, "#overlay img")
     if not images:
         return None
-    size = driver.execute_script("return [arguments[0].complete, arguments[0].naturalWidth, arguments[0].naturalHeight]", images[0])
+    size = driver.execute_script(
+        "return [arguments[0].complete, arguments[0].naturalWidth, arguments[0].naturalHeight]", images[0]
+    )
     return (size[1], size[2]) if size[0] and size[1] else None
 
 
