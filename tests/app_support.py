@@ -42,7 +42,11 @@ class TaughtImage:
 
 
 def synthetic_images(out_dir: Path, n_test: int = 12, seed: int = 0) -> dict:
-    """The synthetic VinDr-CXR test split (no training split, no MIMIC) and its manifest."""
+    """The synthetic VinDr-CXR test split (no training split, no MIMIC) and its manifest.
+
+    The defaults are those of `app.prepare_examples` (12 test images of seed 0, 256 px), so the page's examples hold
+    the normal image the model is taught (the browser test clicks it).
+    """
     from datasets_scripts.synthetic import generate
 
     generate(out_dir, n_train=0, n_test=n_test, mimic_studies=0, seed=seed, image_size=256, progress=False)

@@ -130,6 +130,8 @@ def test_uploaded_dicom_shows_boxed_overlay_and_findings_table(browser, taught, 
 
 
 def test_bad_upload_shows_the_message_and_the_page_keeps_working(browser, taught, tmp_path):
+    from selenium.webdriver.common.by import By
+
     bad = tmp_path / "scan.dcm"
     bad.write_bytes(b"")
     with pytest.raises(Exception) as processor_error:
@@ -137,13 +139,16 @@ def test_bad_upload_shows_the_message_and_the_page_keeps_working(browser, taught
     message = str(processor_error.value).replace(str(bad), bad.name)
 
     upload_and_analyse(browser, bad)
-    wait(browser, lambda d: message in d.find_element("tag name", "body").text)
+    wait(browser, lambda d: message in d.find_element(By.TAG_NAME, "body").text)
     browser.save_screenshot(str(tmp_path / "bad_upload.png"))
-    body = browser.find_element("tag name", "body").text
+    body = browser.find_element(By.TAG_NAME, "body").text
     assert "Error" in body and "Traceback" not in body
 
-    browser.refresh()
-    upload_and_analyse(browser, taught.normal.path)
+    # The same page, next request: the normal example (the image the model was taught as normal).
+    example = browser.find_element(By.XPATH, "//button[contains(., 'synthetic DICOM') and contains(., 'No finding')]")
+    example.click()
+    wait(browser, lambda d: Path(taught.normal.path).stem in d.find_element(By.ID, "upload").text, timeout=60)
+    browser.find_element(By.ID, "run").click()
     wait(browser, lambda d: overlay_size(d) == (taught.normal.width, taught.normal.height))
     assert findings_table(browser) == []
-    assert "No finding" in browser.find_element("id", "summary").text
+    assert "No finding" in browser.find_element(By.ID, "summary").text
