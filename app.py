@@ -6,7 +6,7 @@
     LITEGPT_MODEL=org/name python app.py               # how a Hugging Face Space passes the model
 
 The page serves on 127.0.0.1 (or `GRADIO_SERVER_NAME`, which Spaces set to 0.0.0.0). The same file is a Space's
-`app.py` unchanged: `docs/space.md` lists the files and requirements.
+`app.py` unchanged: `python app.py --write_space DIR` writes a Space's files (README, "Web demo").
 
 What runs where: the upload is decoded by the processor's `load_image` (DICOM with the chosen windowing, the same
 8-bit image the model is given and the boxes are drawn on); the answer comes from `litegpt_eval.generation
@@ -118,8 +118,8 @@ class LiteGPTDemo:
         item = EvalItem(id="upload", image_id="upload", task=task, image=image, width=float(width),
                         height=float(height), reference={"width": float(width), "height": float(height)})  # fmt: skip
         with self._lock:
-            # Label scores only for the diagnosis task: there they are the labels' scores the page shows; for
-            # grounding the per-box phrase scores are, and the 22 teacher-forced label slots would triple the work.
+            # Label scores only for the diagnosis task, whose answer they score; a grounding answer is scored per
+            # box by its phrase, and its 22 teacher-forced label slots would be extra LM passes nobody reads here.
             return generate_batch(self.model, self.processor, [item], self.decoding,
                                   label_scores=task == "diagnosis", keep_tokens=False)[0]  # fmt: skip
 
