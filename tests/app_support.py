@@ -11,9 +11,13 @@ images as taught, boxes included, with scores from its real token probabilities;
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
+import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +120,18 @@ def build_taught_model(root: Path) -> SimpleNamespace:
     return SimpleNamespace(model_dir=model_dir, abnormal=abnormal, normal=normal, png=png)
 
 
+# Gradio names the files it caches (uploads, output images) by their content, and rewrites such a file in place
+# (truncate, write) each time it is produced again. Two test processes serving the same image would share one file,
+# one rewriting it while the other's client reads it; so each test process gets its own cache folder.
+_PROCESS_GRADIO_CACHE = tempfile.mkdtemp(prefix=f"litegpt-test-gradio-{os.getpid()}-")
+atexit.register(shutil.rmtree, _PROCESS_GRADIO_CACHE, ignore_errors=True)
+
+
+def use_process_gradio_cache() -> None:
+    """Point Gradio at this process's cache folder (read when a page is built and when a request is checked)."""
+    os.environ["GRADIO_TEMP_DIR"] = _PROCESS_GRADIO_CACHE
+
+
 def free_port() -> int:
     """A TCP port that was free on 127.0.0.1 a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -129,6 +145,7 @@ def served_app(demo_model, examples: Sequence = (), examples_dir: str | None = N
     """`app.py`'s page for `demo_model`, queued and launched by `app.launch` on a free port; yields its URL."""
     import app
 
+    use_process_gradio_cache()
     args = app.build_parser().parse_args(
         [
             "--host",

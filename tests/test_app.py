@@ -402,6 +402,7 @@ def test_space_folder_runs_app_py_unchanged_on_a_hub_model(taught, client, tmp_p
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(LITEGPT_MODEL="litegpt-tests/tiny-demo", HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1",
                GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), XDG_CACHE_HOME=str(tmp_path / "cache"),
+               GRADIO_TEMP_DIR=str(tmp_path / "gradio"),
                OMP_NUM_THREADS="1")  # fmt: skip
     log = (tmp_path / "app.log").open("w")
     process = subprocess.Popen(
