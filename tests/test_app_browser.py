@@ -76,11 +76,17 @@ def wait(driver, condition, timeout: float = ANSWER_TIMEOUT):
 def upload_and_analyse(driver, path: Path) -> None:
     """Put `path` in the upload box as a person choosing it in the file dialog would, then press Analyse."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
 
-    file_input = wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]"), timeout=60)
+    # Every step waits for its element: on a busy machine the page is still being drawn when it is first served.
+    file_input = wait(
+        driver,
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#upload input[type=file]")),
+        timeout=60,
+    )
     file_input.send_keys(str(path))
     wait(driver, lambda d: path.stem in d.find_element(By.ID, "upload").text, timeout=60)  # the upload is listed
-    driver.find_element(By.ID, "run").click()
+    wait(driver, expected_conditions.element_to_be_clickable((By.ID, "run")), timeout=60).click()
 
 
 def findings_table(driver) -> list[list[str]]:
@@ -131,6 +137,7 @@ def test_uploaded_dicom_shows_boxed_overlay_and_findings_table(browser, taught, 
 
 def test_bad_upload_shows_the_message_and_the_page_keeps_working(browser, taught, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
 
     bad = tmp_path / "scan.dcm"
     bad.write_bytes(b"")
@@ -145,10 +152,10 @@ def test_bad_upload_shows_the_message_and_the_page_keeps_working(browser, taught
     assert "Error" in body and "Traceback" not in body
 
     # The same page, next request: the normal example (the image the model was taught as normal).
-    example = browser.find_element(By.XPATH, "//button[contains(., 'synthetic DICOM') and contains(., 'No finding')]")
-    example.click()
+    example = (By.XPATH, "//button[contains(., 'synthetic DICOM') and contains(., 'No finding')]")
+    wait(browser, expected_conditions.element_to_be_clickable(example), timeout=60).click()
     wait(browser, lambda d: Path(taught.normal.path).stem in d.find_element(By.ID, "upload").text, timeout=60)
-    browser.find_element(By.ID, "run").click()
+    wait(browser, expected_conditions.element_to_be_clickable((By.ID, "run")), timeout=60).click()
     wait(browser, lambda d: overlay_size(d) == (taught.normal.width, taught.normal.height))
     assert findings_table(browser) == []
     assert "No finding" in browser.find_element(By.ID, "summary").text
