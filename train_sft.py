@@ -49,7 +49,8 @@ from litegpt_train.arguments import (
     sft_config_fields,
 )
 from litegpt_train.callbacks import CSVLoggerCallback
-from litegpt_train.data import add_length_column, load_stage_data
+from litegpt_train.data import add_length_column, build_task_dataset, load_stage_data
+from litegpt_train.encoder_warmup import WARMUP_RECORD, warm_up_encoders
 from litegpt_train.feature_cache import CachedProjectorInputsCollator, ProjectorInputCache
 from litegpt_train.hub import TRAINING_RECORD, push_stage, write_model_card
 from litegpt_train.model import (
@@ -189,7 +190,41 @@ def prepare_offline_inputs(script_args: LiteGPTScriptArguments) -> None:
         from scripts.litegpt_checkpoint import build_base_checkpoint
 
         logger.info("building the %s base in %s (SmolLM2 GGUF)", script_args.base_preset, base)
-        build_base_checkpoint(script_args.base_preset, base)
+        warmup: dict[str, Any] = {}
+        prepare = (lambda model, processor: warm_up_demo_encoders(script_args, model, processor, warmup)) \
+            if script_args.encoder_warmup_epochs else None  # fmt: skip
+        build_base_checkpoint(script_args.base_preset, base, prepare=prepare)
+        if warmup:
+            (base / WARMUP_RECORD).write_text(json.dumps(warmup, indent=2) + "\n")
+    elif script_args.encoder_warmup_epochs:
+        check_base_warmup(script_args, base)
+
+
+def warm_up_demo_encoders(script_args: LiteGPTScriptArguments, model: Any, processor: Any, record: dict) -> dict[str, str]:
+    """Demo only: the encoder warm-up on the first stage's training rows, before the new base is saved."""
+    first_stage = script_args.stage_list[0]
+    if STAGE_SOURCES[first_stage] != ("vindr_cxr", "grounding"):
+        raise ValueError(f"the encoder warm-up learns from VinDr-CXR boxes: the first stage must be grounding, not {first_stage}")
+    splits, source = build_task_dataset(script_args, first_stage)
+    record.update(warm_up_encoders(model, processor, splits["train"], epochs=script_args.encoder_warmup_epochs,
+                                   learning_rate=script_args.encoder_warmup_learning_rate),
+                  data=source)  # fmt: skip
+    return {"vision towers": f"random initialisation, then the demo-only encoder warm-up ({WARMUP_RECORD}): "
+            f"{record['epochs']} epochs on {record['images']} training images, patch x local-label targets; frozen "
+            "afterwards"}  # fmt: skip
+
+
+def check_base_warmup(script_args: LiteGPTScriptArguments, base: Path) -> None:
+    """An existing base must carry the warm-up the config asks for: a mismatch is an error, never a silent mix."""
+    path = base / WARMUP_RECORD
+    record = json.loads(path.read_text()) if path.is_file() else None
+    wanted = (script_args.encoder_warmup_epochs, script_args.encoder_warmup_learning_rate)
+    if record is None or (record["epochs"], record["learning_rate"]) != wanted:
+        found = "no encoder warm-up" if record is None else f"warm-up {record['epochs']} epochs at {record['learning_rate']}"
+        raise ValueError(
+            f"the base {base} exists with {found}, but the config asks for {wanted[0]} epochs at {wanted[1]}: remove "
+            "the folder to rebuild it, or change the config"
+        )
 
 
 def check_init_adapter(script_args: LiteGPTScriptArguments) -> None:

@@ -71,6 +71,16 @@ class LiteGPTScriptArguments:
     synthetic_settings: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "arguments of datasets_scripts.synthetic.generate (n_train, n_test, seed, ...)"}
     )
+    encoder_warmup_epochs: int = field(
+        default=0,
+        metadata={"help": "DEMO-ONLY: when this script builds the base (base_preset), first train its random vision "
+                          "encoders this many epochs on the first stage's training images (patch x local-label "
+                          "targets, litegpt_train.encoder_warmup), a stand-in for the pretraining the paper's encoders "
+                          "have; they are frozen again for the SFT stages. 0: off (the paper)"},
+    )
+    encoder_warmup_learning_rate: float = field(
+        default=1e-3, metadata={"help": "learning rate of the demo-only encoder warm-up"}
+    )
     model_dtype: str = field(
         default="float32",
         metadata={"help": "dtype the weights load in (auto, float32, bfloat16, float16); mixed precision is SFTConfig's bf16/fp16"},
@@ -213,6 +223,15 @@ def check_arguments(script_args: LiteGPTScriptArguments, sft_fields: set[str]) -
             raise ValueError(f"{name} must be a positive number, got {value!r}")
     if script_args.lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {script_args.lr_schedule!r}")
+    if script_args.encoder_warmup_epochs < 0:
+        raise ValueError(f"encoder_warmup_epochs must be >= 0, got {script_args.encoder_warmup_epochs}")
+    if script_args.encoder_warmup_epochs and not script_args.base_preset:
+        raise ValueError(
+            "encoder_warmup_epochs warms up the random encoders of a base this script builds (base_preset); it never "
+            "changes an existing base"
+        )
+    if script_args.encoder_warmup_epochs and not script_args.encoder_warmup_learning_rate > 0:
+        raise ValueError(f"encoder_warmup_learning_rate must be > 0, got {script_args.encoder_warmup_learning_rate}")
     if script_args.projector_alignment_steps < 0:
         raise ValueError(f"projector_alignment_steps must be >= 0, got {script_args.projector_alignment_steps}")
     if script_args.projector_alignment_steps and not script_args.train_projector:

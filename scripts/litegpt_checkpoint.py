@@ -19,6 +19,7 @@ import importlib.util
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,8 +170,18 @@ def save_litegpt(
     return out_dir
 
 
-def build_base_checkpoint(preset: str, out_dir: str | Path, gguf: str | Path | None = None, seed: int = 0) -> Path:
-    """Build and save a base checkpoint for a preset with a GGUF LM (default: the SmolLM2 package)."""
+def build_base_checkpoint(
+    preset: str,
+    out_dir: str | Path,
+    gguf: str | Path | None = None,
+    seed: int = 0,
+    prepare: Callable[[LiteGPTForConditionalGeneration, LiteGPTProcessor], dict[str, str]] | None = None,
+) -> Path:
+    """Build and save a base checkpoint for a preset with a GGUF LM (default: the SmolLM2 package).
+
+    `prepare(model, processor)`, when given, runs on the assembled model before it is saved (e.g. the demo's encoder
+    warm-up) and returns provenance lines for the model card.
+    """
     gguf = Path(gguf or find_smollm2_gguf())
     language_model, tokenizer = load_gguf_language_model(gguf)
     config = LiteGPTConfig.from_preset(preset)
@@ -180,6 +191,8 @@ def build_base_checkpoint(preset: str, out_dir: str | Path, gguf: str | Path | N
         "language model": f"`{gguf.name}` (GGUF, de-quantised to float32)",
         "vision towers and projector": f"random initialisation (seed {seed}); the towers stay frozen in training",
     }
+    if prepare is not None:
+        provenance.update(prepare(model, processor) or {})
     metadata = {"base_model": SMOLLM2_HUB_ID, "license": "apache-2.0"} if gguf.parent.name == SMOLLM2_PACKAGE else {}
     return save_litegpt(model, processor, out_dir, provenance=provenance, card_metadata=metadata)
 
