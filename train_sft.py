@@ -359,6 +359,7 @@ def evaluate_stage(plan: StagePlan, script_args: LiteGPTScriptArguments) -> Path
         "--split", script_args.eval_split,
         "--out", str(out),
         "--batch_size", str(script_args.eval_batch_size),
+        "--dtype", script_args.eval_dtype,
         "--bootstrap", str(script_args.eval_bootstrap),
         "--dataset_settings", json.dumps(settings),
     ]

@@ -23,6 +23,7 @@ STAGE_SOURCES: dict[str, tuple[str, str]] = {
 LOSS_NORMALIZATIONS = ("batch", "dataset")  # see litegpt_train.trainer.mean_loss_tokens_per_row
 QUANTIZATION_CHOICES = ("none", "8bit", "4bit")
 PAPER_LORA_MODULES = ("q_proj", "v_proj")
+EVAL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 LM_LORA_MODULE_CHOICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 INIT_NONE = "none"
 
@@ -145,6 +146,11 @@ class LiteGPTScriptArguments:
     eval_after_training: bool = field(default=False, metadata={"help": "run eval.py on each finished stage"})
     eval_split: str = field(default="test", metadata={"help": "split eval_after_training scores"})
     eval_batch_size: int = field(default=8, metadata={"help": "generation batch size of eval_after_training"})
+    eval_dtype: str = field(
+        default="auto",
+        metadata={"help": "dtype eval_after_training loads the model in (eval.py --dtype: auto, float32, bfloat16, "
+                  "float16); bfloat16 roughly halves CPU generation time on CPUs with native bf16"},
+    )
     eval_bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples of eval_after_training"})
     eval_baselines: bool = field(default=True, metadata={"help": "score the trivial baselines beside the model"})
     eval_label_scores: bool = field(
@@ -223,6 +229,8 @@ def check_arguments(script_args: LiteGPTScriptArguments, sft_fields: set[str]) -
             raise ValueError(f"{name} must be a positive number, got {value!r}")
     if script_args.lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {script_args.lr_schedule!r}")
+    if script_args.eval_dtype not in EVAL_DTYPES:
+        raise ValueError(f"eval_dtype must be one of {EVAL_DTYPES}, got {script_args.eval_dtype!r}")
     if script_args.encoder_warmup_epochs < 0:
         raise ValueError(f"encoder_warmup_epochs must be >= 0, got {script_args.encoder_warmup_epochs}")
     if script_args.encoder_warmup_epochs and not script_args.base_preset:

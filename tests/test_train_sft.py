@@ -995,8 +995,9 @@ def test_eval_after_training_passes_the_stage_and_eval_settings_to_eval_py(refer
 
     calls: list[list[str]] = []
     monkeypatch.setattr(litegpt_eval_cli, "main", lambda argv: calls.append(argv) or 0)
+    dtype = "bfloat16" if label_scores else "auto"
     argv = ["--config", str(reference_run["config"]), "--eval_bootstrap", "7", "--eval_label_scores", str(label_scores),
-            "--eval_coco_meteor", str(coco_meteor)]
+            "--eval_coco_meteor", str(coco_meteor), "--eval_dtype", dtype]
     script_args, training_args = train_sft.parse_arguments(argv)
     plan = next(p for p in train_sft.plan_stages(script_args, dataclasses.replace(training_args, resume_from_checkpoint="latest"))
                 if p.stage == "grounding")  # fmt: skip
@@ -1006,6 +1007,7 @@ def test_eval_after_training_passes_the_stage_and_eval_settings_to_eval_py(refer
     options = dict(zip(args[::2], args[1::2]))
     assert options["--model"] == str(reference_run["out"] / "grounding")
     assert options["--dataset"] == "vindr_cxr:grounding" and options["--bootstrap"] == "7"
+    assert options["--dtype"] == dtype
     assert ("--no_label_scores" in args) is (not label_scores)
     assert ("--no_coco_meteor" in args) is (not coco_meteor)
     assert "--baselines" in args
