@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, BertModel, BertTokenizerFast, CLIPImageProcessor, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, BertModel, BertTokenizer, CLIPImageProcessor, PreTrainedTokenizerBase
 
 from .configuration_medklip import CLINICAL_BERT_TEXT_CONFIG, MedKLIPConfig
 from .knowledge import Knowledge, load_knowledge
@@ -104,7 +104,7 @@ def preset_config(name: str, knowledge: Knowledge, vocab_size: int | None = None
 # ============================================================================================== tokenizers
 
 
-def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 1000, out_dir: str | Path | None = None) -> BertTokenizerFast:
+def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 1000, out_dir: str | Path | None = None) -> BertTokenizer:
     """A lower-casing BERT WordPiece tokenizer trained on `texts` (the small presets' stand-in for ClinicalBERT's
     vocabulary). Printable ASCII is always in the alphabet, so unseen words split into pieces, never `[UNK]`.
     With `out_dir`, its `vocab.txt` is written there (BERT's on-disk format)."""
@@ -116,9 +116,7 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 1000, out_
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         trainer.save_model(str(out_dir))
-        return BertTokenizerFast(vocab_file=str(Path(out_dir) / "vocab.txt"), do_lower_case=True)
-    return BertTokenizerFast(tokenizer_object=trainer._tokenizer, do_lower_case=True, unk_token="[UNK]",
-                             pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    return BertTokenizer(vocab=dict(trainer.get_vocab()), do_lower_case=True)
 
 
 def tokenize_knowledge(config: MedKLIPConfig, tokenizer: PreTrainedTokenizerBase, max_length: int = KNOWLEDGE_MAX_LENGTH) -> None:
