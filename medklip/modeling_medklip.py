@@ -185,6 +185,16 @@ class MedKLIPModel(MedKLIPPreTrainedModel):
         if config.freeze_text_encoder:
             self.freeze_text_encoder()
         self.post_init()
+        self._restore_timm_init()
+
+    def _restore_timm_init(self) -> None:
+        """Give a freshly built ResNet timm's own initialisation back (He-normal convolutions, the last BatchNorm scale
+        of every block at zero). transformers' generic init sets every convolution to N(0, 0.02) and every BatchNorm
+        scale to 1: in eval mode such a random ResNet shrinks its input about 6x per convolution (the tiny preset's
+        features were ~1e-6, every image gave the same output). Loaded weights replace either init."""
+        reset = getattr(self.vision_model.timm_model, "init_weights", None)
+        if callable(reset):
+            reset()
 
     # ------------------------------------------------------------------------------------ text encoder
     def freeze_text_encoder(self, frozen: bool = True) -> None:

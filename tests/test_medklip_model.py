@@ -252,7 +252,7 @@ def test_saved_folder_loads_with_auto_classes_in_a_fresh_process(tiny, tmp_path)
     assert fresh["size"] == {"height": 64, "width": 64}
     assert fresh["ids"] == tokenizer("left effusion")["input_ids"]
     with torch.no_grad():
-        torch.testing.assert_close(fresh["logits"], model(pixels).logits, rtol=0, atol=0)
+        torch.testing.assert_close(fresh["logits"], model(pixels).logits)  # same weights; float order may differ
 
 
 # ============================================================================================== real checkpoints
