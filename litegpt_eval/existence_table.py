@@ -135,22 +135,26 @@ def _fmt(cell: Mapping[str, Any] | None, digits: int = 2) -> str:
 def render_markdown(table: Mapping[str, Any], digits: int = 2) -> str:
     """The study's layout: entity | per system AUC, accuracy; then the overall rows."""
     names = list(table["systems"])
-    header = ["entity"] + [f"{name} {metric}" for name in names for metric in ("AUC", "accuracy")]
+    header = ["entity", "positives / n"] + [f"{name} {metric}" for name in names for metric in ("AUC", "accuracy")]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    first = table["systems"][names[0]]
     for entity in table["entities"]:
-        cells = []
+        counts = first["entities"].get(entity, {})
+        cells = [f"{counts.get('positives')} / {counts.get('n')}" if counts else "-"]
         for name in names:
             entry = table["systems"][name]["entities"].get(entity, {})
             cells += [_fmt(entry.get("auc"), digits), _fmt(entry.get("accuracy"), digits)]
         lines.append("| " + " | ".join([entity] + cells) + " |")
     for label, key in (("Overall (macro AUC)", "macro_auc"), ("Overall (pooled AUC)", "pooled_auc")):
-        cells = []
+        positives = sum(e.get("positives") or 0 for e in first["entities"].values())
+        cells = [f"{positives} / {first['overall']['n']}"]
         for name in names:
             overall = table["systems"][name]["overall"]
             cells += [_fmt(overall.get(key), digits), _fmt(overall.get("accuracy"), digits) if key == "macro_auc" else ""]
         lines.append("| " + " | ".join([label] + cells) + " |")
     protocols = "; ".join(f"{name}: {table['systems'][name]['accuracy_protocol']}" for name in names)
-    lines += ["", f"Accuracy: {protocols}. Brackets: 95 % bootstrap intervals over images. Questions scored: "
+    lines += ["", f"Accuracy: {protocols}. Brackets: 95 % bootstrap intervals over images (an entity with very few "
+              "positives has an interval that only reflects those few images). Questions scored: "
               + ", ".join(f"{name} {n}" for name, n in table["questions"].items()) + "."]
     return "\n".join(lines) + "\n"
 
@@ -191,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+__all__ = ["baseline_systems", "load_eval_folder", "pooled_auc", "render_markdown", "study_table", "system_columns"]
+
+
 if __name__ == "__main__":
     raise SystemExit(main())
 
-
-__all__ = ["baseline_systems", "load_eval_folder", "pooled_auc", "render_markdown", "study_table", "system_columns"]

@@ -22,13 +22,14 @@ Real weights (no download at run time; files on disk):
   with `AutoTokenizer` (BERT's defaults: lower-casing, as every user of that checkpoint gets).
 
 Presets (`preset_config`): `study` (ResNet-50 at 512 px, ClinicalBERT, width 768: the study's model), `cpu` (a narrow
-ResNet-18 at 192 px and a small random BERT with a WordPiece vocabulary trained on the knowledge descriptions: the
+ResNet-18 at 128 px and a small random BERT with a WordPiece vocabulary trained on the knowledge descriptions: the
 offline CPU configuration) and `tiny` (tests).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import string
 from collections.abc import Iterable
 from pathlib import Path
@@ -79,7 +80,7 @@ def preset_config(name: str, knowledge: Knowledge, vocab_size: int | None = None
         kwargs = {
             "vision_config": _small_resnet((16, 32, 64, 128), 16),
             "text_config": _small_bert(64, 2, 2, vocab_size or 1000),
-            "image_size": 192,
+            "image_size": 128,
             "hidden_size": 128,
             "decoder_layers": 2,
             "decoder_attention_heads": 4,
@@ -104,19 +105,32 @@ def preset_config(name: str, knowledge: Knowledge, vocab_size: int | None = None
 # ============================================================================================== tokenizers
 
 
-def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 1000, out_dir: str | Path | None = None) -> BertTokenizer:
-    """A lower-casing BERT WordPiece tokenizer trained on `texts` (the small presets' stand-in for ClinicalBERT's
-    vocabulary). Printable ASCII is always in the alphabet, so unseen words split into pieces, never `[UNK]`.
-    With `out_dir`, its `vocab.txt` is written there (BERT's on-disk format)."""
-    from tokenizers import BertWordPieceTokenizer
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_ALPHABET = string.ascii_lowercase + string.digits + string.punctuation
 
-    trainer = BertWordPieceTokenizer(lowercase=True)
-    trainer.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=1, show_progress=False,
-                                initial_alphabet=list(string.ascii_lowercase + string.digits + string.punctuation))
+
+def wordpiece_vocabulary(texts: Iterable[str], vocab_size: int = 1000) -> list[str]:
+    """A deterministic BERT vocabulary for the small presets: the special tokens, every printable ASCII character as a
+    word start and as a `##` continuation (so any word splits into pieces, never `[UNK]`), then the most frequent
+    lower-cased words of `texts` (ties alphabetically) up to `vocab_size`."""
+    counts: dict[str, int] = {}
+    for text in texts:
+        for word in re.findall(r"[a-z0-9]+", text.lower()):
+            counts[word] = counts.get(word, 0) + 1
+    vocabulary = list(SPECIAL_TOKENS) + list(_ALPHABET) + [f"##{c}" for c in _ALPHABET]
+    words = sorted((w for w in counts if w not in vocabulary), key=lambda w: (-counts[w], w))
+    return vocabulary + words[: max(0, vocab_size - len(vocabulary))]
+
+
+def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 1000, out_dir: str | Path | None = None) -> BertTokenizer:
+    """A lower-casing BERT WordPiece tokenizer over `wordpiece_vocabulary(texts)`: the small presets' stand-in for
+    ClinicalBERT's vocabulary (the same texts always give the same ids). With `out_dir`, its `vocab.txt` is written
+    there (BERT's on-disk format)."""
+    vocabulary = wordpiece_vocabulary(texts, vocab_size)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        trainer.save_model(str(out_dir))
-    return BertTokenizer(vocab=dict(trainer.get_vocab()), do_lower_case=True)
+        (Path(out_dir) / "vocab.txt").write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
+    return BertTokenizer(vocab={token: index for index, token in enumerate(vocabulary)}, do_lower_case=True)
 
 
 def tokenize_knowledge(config: MedKLIPConfig, tokenizer: PreTrainedTokenizerBase, max_length: int = KNOWLEDGE_MAX_LENGTH) -> None:
@@ -126,7 +140,7 @@ def tokenize_knowledge(config: MedKLIPConfig, tokenizer: PreTrainedTokenizerBase
                                ("position", config.positions, config.position_descriptions)):
         if len(texts) != len(names) or any(not t for t in texts):
             raise ValueError(f"every {kind} needs a description before tokenising ({len(names)} names, {len(texts)} texts)")
-    encode = lambda texts: tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]  # noqa: E731
+    encode = lambda texts: tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     config.entity_token_ids = [list(ids) for ids in encode(config.entity_descriptions)]
     config.position_token_ids = [list(ids) for ids in encode(config.position_descriptions)] if config.positions else []
     config.text_config.pad_token_id = tokenizer.pad_token_id
@@ -177,7 +191,7 @@ def load_vision_weights(model: MedKLIPModel, path: str | Path) -> dict[str, Any]
     cleaned = {}
     for key, value in state.items():
         for prefix in ("module.", "timm_model."):
-            key = key[len(prefix):] if key.startswith(prefix) else key
+            key = key.removeprefix(prefix)
         if not key.startswith("fc."):
             cleaned[key] = value
     target = model.vision_model.timm_model
@@ -274,4 +288,5 @@ __all__ = [
     "save_medklip",
     "tokenize_knowledge",
     "train_wordpiece_tokenizer",
+    "wordpiece_vocabulary",
 ]

@@ -172,4 +172,4 @@ class MedKLIPConfig(PreTrainedConfig):
                              f"{self.decoder_attention_heads}")
 
 
-__all__ = ["CLINICAL_BERT_TEXT_CONFIG", "IMAGENET_MEAN", "IMAGENET_STD", "MedKLIPConfig", "RESNET50_VISION_CONFIG"]
+__all__ = ["CLINICAL_BERT_TEXT_CONFIG", "IMAGENET_MEAN", "IMAGENET_STD", "RESNET50_VISION_CONFIG", "MedKLIPConfig"]

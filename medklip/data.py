@@ -143,9 +143,13 @@ def group_existence_rows(
 
 
 class ExistenceImageDataset(torch.utils.data.Dataset):
-    """Torch dataset over grouped images: decodes the image of its first row, runs the image processor."""
+    """Torch dataset over grouped images: decodes the image of its first row, runs the image processor.
 
-    def __init__(self, rows: datasets.Dataset, images: Sequence[ExistenceImage], image_processor: Any, num_positions: int):
+    With `cache_pixels`, each image's processed tensor is kept in memory after its first use (the small CPU
+    configuration: no augmentation, so every epoch would decode and resize the same PNGs again)."""
+
+    def __init__(self, rows: datasets.Dataset, images: Sequence[ExistenceImage], image_processor: Any, num_positions: int,
+                 cache_pixels: bool = False):
         image_column = next((c for c in IMAGE_COLUMNS if c in rows.column_names), None)
         if image_column is None:
             raise ValueError("existence rows have no `images` column: build them with include_image=True")
@@ -154,15 +158,20 @@ class ExistenceImageDataset(torch.utils.data.Dataset):
         self.images = list(images)
         self.image_processor = image_processor
         self.num_positions = num_positions
+        self._pixels: dict[int, torch.Tensor] | None = {} if cache_pixels else None
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.images[index]
-        value = self.rows[item.row][self.image_column]
-        image = value[0] if isinstance(value, list) else value
-        pixel_values = self.image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        pixel_values = self._pixels.get(index) if self._pixels is not None else None
+        if pixel_values is None:
+            value = self.rows[item.row][self.image_column]
+            image = value[0] if isinstance(value, list) else value
+            pixel_values = self.image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+            if self._pixels is not None:
+                self._pixels[index] = pixel_values
         position_labels = torch.zeros(len(item.labels), self.num_positions)
         for k, indices in enumerate(item.positions):
             position_labels[k, indices] = 1.0
@@ -244,11 +253,11 @@ def _describe(builder: Any, splits: datasets.DatasetDict) -> dict[str, Any]:
 
 
 __all__ = [
+    "UNKNOWN",
     "ExistenceImage",
     "ExistenceImageDataset",
     "GroupingSummary",
     "MedKLIPCollator",
-    "UNKNOWN",
     "build_mimic_splits",
     "group_existence_rows",
     "report_text",

@@ -246,7 +246,7 @@ class MedKLIPModel(MedKLIPPreTrainedModel):
         if feature_map.dim() != 4:
             raise ValueError(f"the vision encoder returned a tensor of shape {tuple(feature_map.shape)}; MedKLIP needs a "
                              "convolutional feature map (B, C, h, w): use a ResNet with do_pooling=False")
-        batch, channels, height, width = feature_map.shape
+        height, width = feature_map.shape[-2:]
         patches = feature_map.flatten(2).transpose(1, 2)  # (B, h*w, C), raster order
         return self.patch_projection(patches), (height, width)
 

@@ -19,7 +19,7 @@ import yaml
 from transformers import Trainer
 
 from .checkpoint import PRESETS, build_medklip, image_processor_for, save_medklip
-from .data import ExistenceImageDataset, MedKLIPCollator, build_mimic_splits, group_existence_rows
+from .data import ExistenceImageDataset, build_mimic_splits, group_existence_rows
 from .knowledge import load_knowledge
 from .modeling_medklip import MedKLIPModel
 
@@ -61,6 +61,8 @@ class MedKLIPScriptArguments:
     report_max_length: int = field(default=128, metadata={"help": "report tokens for the semantic loss"})
     semantic_loss: bool = field(default=True, metadata={"help": "feed the reports (False: L_sem off)"})
     max_train_images: int | None = field(default=None, metadata={"help": "first N training images (debugging)"})
+    cache_pixels: bool = field(default=False, metadata={"help": "keep processed images in memory after their first "
+                                                                "epoch (small datasets without augmentation)"})
     eval_after_training: bool = field(default=True, metadata={"help": "eval.py on eval_split with validation "
                                                                       "thresholds and baselines, into <output_dir>/eval"})
     eval_split: str = field(default="test", metadata={"help": "split scored after training"})
@@ -146,7 +148,8 @@ def prepare_data(script_args: MedKLIPScriptArguments, model: MedKLIPModel, image
         if split == "train" and script_args.max_train_images:
             images = images[: script_args.max_train_images]
         record["grouping"][split] = summary.as_dict()
-        datasets_by_split[split] = ExistenceImageDataset(splits[split], images, image_processor, config.num_positions)
+        datasets_by_split[split] = ExistenceImageDataset(splits[split], images, image_processor, config.num_positions,
+                                                         cache_pixels=script_args.cache_pixels)
     if "train" not in datasets_by_split or len(datasets_by_split["train"]) == 0:
         raise ValueError(f"no training image with an existence answer (rows {sources['existence']['rows']}, skipped "
                          f"{sources['existence']['skipped']})")
@@ -213,9 +216,9 @@ def write_model_card(output_dir: Path, record: dict[str, Any]) -> Path:
         "---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---",
         "# MedKLIP-style entity existence (LiteGPT-CXR)",
         "",
-        "A ResNet image encoder, a frozen BERT reading a description of every entity and anatomical position, and a "
-        "transformer decoder whose queries are those descriptions, trained on MIMIC-CXR existence labels with "
-        "`train_medklip.py` (BCE on known answers, position InfoNCE, semantic consistency with the report).",
+        ("A ResNet image encoder, a frozen BERT reading a description of every entity and anatomical position, and a "
+         "transformer decoder whose queries are those descriptions, trained on MIMIC-CXR existence labels with "
+         "`train_medklip.py` (BCE on known answers, position InfoNCE, semantic consistency with the report)."),
         "",
         f"Entities: {', '.join(config['entities'])}. Positions: {', '.join(config['positions'])}.",
         "",
@@ -229,7 +232,7 @@ def write_model_card(output_dir: Path, record: dict[str, Any]) -> Path:
         "## Data",
         "",
     ]
-    for name, source in record["data"]["sources"].items():
+    for source in record["data"]["sources"].values():
         lines.append(f"- `mimic_cxr:{source['config']}` (builder {source['builder_version']}, cache id "
                      f"`{source['fingerprint']}`): rows {source['rows']}, skipped {source['skipped']}")
     for split, summary in record["data"]["grouping"].items():
@@ -286,10 +289,10 @@ def training_record(script_args: MedKLIPScriptArguments, training_args: Any, dat
 
 __all__ = [
     "LOSS_COMPONENTS",
+    "TRAINING_RECORD",
     "MedKLIPScriptArguments",
     "MedKLIPTrainer",
     "PreparedData",
-    "TRAINING_RECORD",
     "check_arguments",
     "data_entities",
     "evaluate_run",

@@ -88,11 +88,12 @@ def test_report_text_from_builder_report_rows():
 def test_synthetic_existence_grouping_matches_the_builder_rows(tmp_path):
     """On the builder's real output: every image appears once, its known answers are exactly its rows."""
     from datasets_scripts import synthetic
+    from datasets_scripts.mimic_reports import ENTITIES as BUILDER_ENTITIES
+    from datasets_scripts.mimic_reports import POSITION_WORDS
     from medklip.data import build_mimic_splits
 
     synthetic.generate(tmp_path / "data", n_train=0, n_test=0, mimic_studies=12, seed=5, image_size=48)
     splits, texts, sources = build_mimic_splits(str(tmp_path / "data"), {"max_side": 64}, str(tmp_path / "cache"))
-    from datasets_scripts.mimic_reports import ENTITIES as BUILDER_ENTITIES, POSITION_WORDS
 
     train = splits["train"]
     images, summary = group_existence_rows(train, BUILDER_ENTITIES, POSITION_WORDS, texts)

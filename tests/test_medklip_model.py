@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from datasets_scripts.mimic_reports import ENTITIES
 from medklip.checkpoint import (
     build_medklip,
     load_vision_weights,
@@ -23,7 +24,6 @@ from medklip.checkpoint import (
     train_wordpiece_tokenizer,
 )
 from medklip.configuration_medklip import RESNET50_VISION_CONFIG, MedKLIPConfig
-from datasets_scripts.mimic_reports import ENTITIES
 from medklip.knowledge import KnowledgeError, load_knowledge
 from medklip.modeling_medklip import (
     MedKLIPModel,
@@ -119,7 +119,7 @@ def test_forward_shapes_total_loss_and_frozen_text_encoder(tiny):
 
 
 def test_attention_maps_are_distributions_over_the_feature_grid(tiny):
-    model, tokenizer, _ = tiny
+    model, _, _ = tiny
     pixels = torch.randn(2, 3, 96, 64)
     with torch.no_grad():
         out = model(pixels, output_attentions=True)
@@ -245,7 +245,7 @@ def test_saved_folder_loads_with_auto_classes_in_a_fresh_process(tiny, tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(torch.get_num_threads()))
     result = subprocess.run([sys.executable, "-I", "run.py", str(folder), str(tmp_path / "out.pt")], cwd=workdir,
-                            env=env, capture_output=True, text=True, timeout=300)
+                            env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     fresh = torch.load(tmp_path / "out.pt", weights_only=False)
     assert fresh["module"].startswith("transformers_modules") and fresh["frozen"]
