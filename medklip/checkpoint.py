@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 AUTO_MAP = {"AutoConfig": "configuration_medklip.MedKLIPConfig", "AutoModel": "modeling_medklip.MedKLIPModel"}
 KNOWLEDGE_MAX_LENGTH = 128  # tokens per description (the reference code's padding length)
 PRESETS = ("study", "cpu", "tiny")
+# small preset -> (ResNet-18 channels, stem width, BERT width, image size, decoder width, decoder heads)
+SMALL_PRESETS = {"cpu": ((16, 32, 64, 128), 16, 64, 128, 128, 4), "tiny": ((8, 8, 16, 16), 8, 32, 64, 32, 2)}
 
 
 def _small_resnet(channels: tuple[int, int, int, int], stem_width: int) -> dict[str, Any]:
@@ -76,25 +78,16 @@ def preset_config(name: str, knowledge: Knowledge, vocab_size: int | None = None
     }
     if name == "study":
         kwargs: dict[str, Any] = {"text_config": dict(CLINICAL_BERT_TEXT_CONFIG)}
-    elif name == "cpu":
+    elif name in SMALL_PRESETS:
+        channels, stem_width, text_width, image_size, width, heads = SMALL_PRESETS[name]
         kwargs = {
-            "vision_config": _small_resnet((16, 32, 64, 128), 16),
-            "text_config": _small_bert(64, 2, 2, vocab_size or 1000),
-            "image_size": 128,
-            "hidden_size": 128,
+            "vision_config": _small_resnet(channels, stem_width),
+            "text_config": _small_bert(text_width, 2, 2, vocab_size or 1000),
+            "image_size": image_size,
+            "hidden_size": width,
             "decoder_layers": 2,
-            "decoder_attention_heads": 4,
-            "decoder_ffn_dim": 256,
-        }
-    elif name == "tiny":
-        kwargs = {
-            "vision_config": _small_resnet((8, 8, 16, 16), 8),
-            "text_config": _small_bert(32, 2, 2, vocab_size or 1000),
-            "image_size": 64,
-            "hidden_size": 32,
-            "decoder_layers": 2,
-            "decoder_attention_heads": 2,
-            "decoder_ffn_dim": 64,
+            "decoder_attention_heads": heads,
+            "decoder_ffn_dim": 2 * width,
         }
     else:
         raise ValueError(f"unknown MedKLIP preset {name!r}; available: {PRESETS}")

@@ -250,11 +250,9 @@ def write_model_card(output_dir: Path, record: dict[str, Any]) -> Path:
 
 def upload_file_set(output_dir: str | Path) -> list[str]:
     """Relative paths `push_run` uploads (sorted); raises if a required file is missing."""
-    output_dir = Path(output_dir)
-    missing = [name for name in REQUIRED_FILES if not (output_dir / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{output_dir} is not a finished MedKLIP run: missing {missing}")
-    return sorted(name for name in REQUIRED_FILES + OPTIONAL_FILES if (output_dir / name).is_file())
+    from litegpt_train.hub import select_file_set
+
+    return select_file_set(output_dir, REQUIRED_FILES, OPTIONAL_FILES, "a finished MedKLIP run")
 
 
 def push_run(output_dir: str | Path, repo_id: str, private: bool | None = None, token: str | None = None,

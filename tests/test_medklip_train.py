@@ -86,6 +86,8 @@ def test_errors_before_training(mimic, tmp_path):
     with pytest.raises(KnowledgeError, match="Effusion"):
         train_medklip.main(argv(mimic, tmp_path / "c", "--knowledge_file", str(tmp_path / "k.json")))
     assert not (tmp_path / "c").exists()  # nothing built, nothing trained
+    with pytest.raises(FileNotFoundError, match=r"not a finished MedKLIP run: missing \['config.json'"):
+        upload_file_set(tmp_path)
 
 
 @pytest.mark.slow
