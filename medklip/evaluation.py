@@ -32,7 +32,8 @@ MANIFEST_NAME = "generation_manifest.json"
 
 
 def is_medklip_checkpoint(path: str | None) -> bool:
-    """True when `path` is a local folder whose `config.json` says `model_type: medklip`."""
+    """True when `path` is a local folder whose `config.json` says `model_type: medklip` (a Hub MedKLIP repository is
+    scored from a local copy, e.g. `huggingface_hub.snapshot_download`)."""
     if not path:
         return False
     config = Path(path) / "config.json"
@@ -84,15 +85,16 @@ def predict_probabilities(model: Any, image_processor: Any, images: Sequence[Any
 
 def predict_existence(model: Any, image_processor: Any, rows: Any, batch_size: int = 16, limit: int | None = None,
                       progress: bool = False) -> list[dict[str, Any]]:
-    """Prediction records (`litegpt_eval.records` schema) for every existence row of `rows` (see module docstring).
-
-    Rows naming an entity the model does not know raise before anything runs."""
+    """Prediction records (`litegpt_eval.records` schema) for every existence row of `rows` (the first `limit` rows
+    when given), see the module docstring. Rows naming an entity the model does not know raise before anything runs."""
     entities = list(model.config.entities)
+    if limit is not None:
+        rows = rows.select(range(min(limit, len(rows))))
     groups = _image_groups(rows)
     unknown = sorted({e for g in groups.values() for e, *_ in g["answers"] if e not in entities})
     if unknown:
         raise ValueError(f"the rows ask about {unknown}, which the model does not predict (its entities: {entities})")
-    items = list(groups.items())[:limit] if limit else list(groups.items())
+    items = list(groups.items())
     iterator: Iterable[int] = range(0, len(items), batch_size)
     if progress:
         from tqdm.auto import tqdm
