@@ -22,7 +22,7 @@ Real weights (no download at run time; files on disk):
   with `AutoTokenizer` (BERT's defaults: lower-casing, as every user of that checkpoint gets).
 
 Presets (`preset_config`): `study` (ResNet-50 at 512 px, ClinicalBERT, width 768: the study's model), `cpu` (a narrow
-ResNet-18 at 128 px and a small random BERT with a WordPiece vocabulary trained on the knowledge descriptions: the
+ResNet-18 at 192 px and a small random BERT with a WordPiece vocabulary trained on the knowledge descriptions: the
 offline CPU configuration) and `tiny` (tests).
 """
 
@@ -48,7 +48,7 @@ AUTO_MAP = {"AutoConfig": "configuration_medklip.MedKLIPConfig", "AutoModel": "m
 KNOWLEDGE_MAX_LENGTH = 128  # tokens per description (the reference code's padding length)
 PRESETS = ("study", "cpu", "tiny")
 # small preset -> (ResNet-18 channels, stem width, BERT width, image size, decoder width, decoder heads)
-SMALL_PRESETS = {"cpu": ((16, 32, 64, 128), 16, 64, 128, 128, 4), "tiny": ((8, 8, 16, 16), 8, 32, 64, 32, 2)}
+SMALL_PRESETS = {"cpu": ((16, 32, 64, 128), 16, 64, 192, 128, 4), "tiny": ((8, 8, 16, 16), 8, 32, 64, 32, 2)}
 
 
 def _small_resnet(channels: tuple[int, int, int, int], stem_width: int) -> dict[str, Any]:
