@@ -18,6 +18,8 @@ computed from the stage the paper used; our extra tables are named, not numbered
 --baselines `baselines/<name>/{predictions.jsonl,metrics.json,report.md}`. `--dataset` accepts `vindr_cxr:grounding|diagnosis`,
 `mimic_cxr:existence|report` (built with the project's builders from --data_dir), a `save_to_disk` folder, or a
 Parquet / JSON Lines file with the builder's columns. The metric code lives in the `litegpt_eval` package.
+A MedKLIP folder as --model (medklip/) writes its existence predictions in the same record format (plus
+`figures/medklip_attention_<entity>.png`); `python -m litegpt_eval.existence_table` puts systems side by side.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ HEADLINE_KEYS = (
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("input (generation: --model + --dataset; scoring only: --predictions)")
-    src.add_argument("--model", help="model folder or Hub id (AutoModelForImageTextToText, trust_remote_code)")
+    src.add_argument("--model", help="model folder or Hub id (AutoModelForImageTextToText, trust_remote_code); a MedKLIP "
+                     "folder (model_type medklip) is scored on mimic_cxr:existence")
     src.add_argument("--revision", help="model revision to pin (Hub)")
     src.add_argument("--dataset", help="vindr_cxr:<config>, mimic_cxr:<config>, a save_to_disk folder, or a .parquet/.jsonl file")
     src.add_argument("--data_dir", help="raw data folder for the builders")
@@ -275,6 +278,10 @@ def score_file(
 
 
 def generate(args: argparse.Namespace, out_dir: Path) -> tuple[list[Path], dict[str, Any], dict[str, Any]]:
+    from medklip.evaluation import generate_predictions, is_medklip_checkpoint
+
+    if is_medklip_checkpoint(args.model):  # the second model family: entity probabilities, no text to decode
+        return generate_predictions(args, out_dir, {**base_manifest(args), "weights_sha256": _weight_hashes(args.model)})
     from litegpt_eval.generation import (
         DecodingSettings,
         load_eval_dataset,

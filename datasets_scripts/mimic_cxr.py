@@ -43,7 +43,12 @@ in `counts["empty_splits"]`)
   X-ray? Answer yes or no.`` (entity in lower case), completion ``Yes`` (label 1) / ``No`` (label 0), plus the
   entity, the label and its source, the rules / CheXpert / NegBio labels of that entity and the rules' position
   words. Uncertain (-1) and unmentioned (null) answers are never turned into rows (counted per entity and study in
-  `counts["existence_not_trained"]`; trained answers in `counts["existence_answers"]`).
+  `counts["existence_not_trained"]`; trained answers in `counts["existence_answers"]`). A study without any 1/0
+  answer (a report that mentions none of the entities, or only uncertainly) has no row: it is skipped, counted and
+  listed (`study_without_entity_answer`).
+
+A study without an image of a selected view (with the default `views`, a lateral-only study) has no row in any
+config: it is skipped, counted and listed (`study_without_selected_view`).
 
 Existence values (one convention for rules, CheXpert and NegBio)
 ----------------------------------------------------------------
@@ -867,6 +872,7 @@ def build_plan(data_dir: str | os.PathLike, config: MIMICCXRConfig) -> tuple[dic
     if config.name == "existence":
         counts["existence_answers"] = {e: {"Yes": 0, "No": 0} for e in config.entities}
         counts["existence_not_trained"] = {e: {"uncertain": 0, "not_mentioned": 0} for e in config.entities}
+        counts["studies_without_entity_answer"] = 0
     agreement_pairs = {s: {e: Counter() for e in ENTITIES} for s in ("chexpert", "negbio") if labels[s] is not None}
 
     by_study: dict[tuple[str, str], list[_Image]] = defaultdict(list)
@@ -894,6 +900,9 @@ def build_plan(data_dir: str | os.PathLike, config: MIMICCXRConfig) -> tuple[dic
                 kept = kept[:1]
             if not kept:
                 counts["studies_without_selected_image"] += 1
+                views_found = ", ".join(sorted({im.view or "<empty>" for im in study_images}))
+                skips.skip(f"study {study_id} (subject {subject_id}): no image with a view in {list(config.views)} "
+                           f"(views: {views_found})", "study_without_selected_view")
                 continue
             counts["studies_selected"] += 1
 
@@ -990,6 +999,13 @@ def build_plan(data_dir: str | os.PathLike, config: MIMICCXRConfig) -> tuple[dic
                         "position": positions,
                         _ANSWER: answer,
                     })
+                if not entity_rows:
+                    counts["studies_without_entity_answer"] += 1
+                    unknown = Counter("uncertain" if source_label(config.label_source, e) == UNCERTAIN
+                                      else "not mentioned" for e in config.entities)
+                    skips.skip(f"study {study_id} (subject {subject_id}, report {where}): no {config.label_source} "
+                               f"answer 1/0 for any of {list(config.entities)} ({dict(sorted(unknown.items()))})",
+                               "study_without_entity_answer")
                 for im in kept:
                     study_rows[im.dicom_id] = [{**_ids(im), **row} for row in entity_rows]
             if any(study_rows.values()):

@@ -43,11 +43,17 @@ TRAINING_RECORD = "litegpt_training.json"
 
 def upload_file_set(stage_dir: str | Path) -> list[str]:
     """Relative paths `push_stage` uploads from `stage_dir` (sorted); raises if a required file is missing."""
-    stage_dir = Path(stage_dir)
-    missing = [name for name in REQUIRED_FILES if not (stage_dir / name).is_file()]
+    return select_file_set(stage_dir, REQUIRED_FILES, OPTIONAL_FILES, "a finished stage")
+
+
+def select_file_set(folder: str | Path, required: tuple[str, ...], optional: tuple[str, ...], what: str) -> list[str]:
+    """The `required` files (all must exist, else an error saying `folder` is not `what`) and the `optional` ones
+    that exist, as sorted relative paths."""
+    folder = Path(folder)
+    missing = [name for name in required if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"{stage_dir} is not a finished stage: missing {missing}")
-    return sorted(name for name in REQUIRED_FILES + OPTIONAL_FILES if (stage_dir / name).is_file())
+        raise FileNotFoundError(f"{folder} is not {what}: missing {missing}")
+    return sorted(name for name in required + optional if (folder / name).is_file())
 
 
 def staged_upload_folder(stage_dir: str | Path, hub_base_model_id: str, out_dir: str | Path) -> list[str]:
@@ -208,6 +214,7 @@ __all__ = [
     "REQUIRED_FILES",
     "TRAINING_RECORD",
     "push_stage",
+    "select_file_set",
     "staged_upload_folder",
     "upload_staged_copy",
     "upload_file_set",
