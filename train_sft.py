@@ -185,6 +185,8 @@ def prepare_offline_inputs(script_args: LiteGPTScriptArguments) -> None:
         out = Path(str(root)[: -len(VINDR_VERSION_DIR)])
         logger.info("writing the synthetic sample to %s", out)
         generate(out, **script_args.synthetic_settings)
+    elif script_args.synthetic_data and script_args.data_dir:
+        check_synthetic_sample(script_args)
     base = Path(script_args.model_name_or_path)
     if script_args.base_preset and not base.exists():
         from scripts.litegpt_checkpoint import build_base_checkpoint
@@ -198,6 +200,26 @@ def prepare_offline_inputs(script_args: LiteGPTScriptArguments) -> None:
             (base / WARMUP_RECORD).write_text(json.dumps(warmup, indent=2) + "\n")
     elif script_args.encoder_warmup_epochs:
         check_base_warmup(script_args, base)
+
+
+def check_synthetic_sample(script_args: LiteGPTScriptArguments) -> None:
+    """Refuse a synthetic sample already on disk that was written with other `synthetic_settings` (a demo folder
+    left by an earlier version of the config would otherwise be trained and scored in silence)."""
+    from datasets_scripts.synthetic import VINDR_VERSION_DIR
+
+    root = Path(str(script_args.data_dir)[: -len(VINDR_VERSION_DIR)]) if str(script_args.data_dir).endswith(VINDR_VERSION_DIR) else None
+    manifest_path = root / "manifest.json" if root else None
+    if manifest_path is None or not manifest_path.exists():
+        return
+    written = json.loads(manifest_path.read_text()).get("params", {})
+    differ = {k: (written.get(k), v) for k, v in script_args.synthetic_settings.items() if written.get(k) != v}
+    if differ:
+        details = ", ".join(f"{k}: {old!r} on disk, {new!r} asked" for k, (old, new) in sorted(differ.items()))
+        raise ValueError(
+            f"the synthetic sample in {root} was written with other settings ({details}). Everything built from it "
+            f"(the dataset cache, a warmed-up base, trained stages) is stale too: delete the run folder or choose "
+            f"another data_dir."
+        )
 
 
 def warm_up_demo_encoders(script_args: LiteGPTScriptArguments, model: Any, processor: Any, record: dict) -> dict[str, str]:
@@ -341,6 +363,13 @@ def write_stage_card(plan: StagePlan, script_args: LiteGPTScriptArguments, recor
 
 
 # ----------------------------------------------------------------------------------------- eval
+def wants_label_scores(script_args: LiteGPTScriptArguments, stage: str) -> bool:
+    """Whether `stage`'s eval computes the teacher-forced label probabilities (eval_label_scores, restricted to
+    eval_label_score_stages when that is set)."""
+    chosen = script_args.eval_label_score_stages
+    return bool(script_args.eval_label_scores) and (chosen is None or stage in chosen)
+
+
 def evaluate_stage(plan: StagePlan, script_args: LiteGPTScriptArguments) -> Path:
     """eval.py on the stage's own task (stage 1 -> grounding tables, stage 2 -> diagnosis), into <stage>/eval."""
     import eval as litegpt_eval_cli
@@ -367,7 +396,7 @@ def evaluate_stage(plan: StagePlan, script_args: LiteGPTScriptArguments) -> Path
         argv += ["--cache_dir", script_args.dataset_cache_dir]
     if script_args.eval_baselines:
         argv += ["--baselines"]
-    if not script_args.eval_label_scores:
+    if not wants_label_scores(script_args, plan.stage):
         argv += ["--no_label_scores"]
     if not script_args.eval_coco_meteor:
         argv += ["--no_coco_meteor"]

@@ -158,6 +158,11 @@ class LiteGPTScriptArguments:
         metadata={"help": "teacher-forced label probabilities for the label AUCs (about 2.5x the generation time of "
                   "grounding answers; eval.py --no_label_scores when false)"},
     )
+    eval_label_score_stages: list[str] | None = field(
+        default=None,
+        metadata={"help": "stages whose eval computes the label probabilities when eval_label_scores is on (default: "
+                  "every stage); e.g. [grounding] keeps stage 1's local-label AUCs and skips stage 2's"},
+    )
     eval_coco_meteor: bool = field(
         default=True,
         metadata={"help": "the Java METEOR 1.5 variant of the text metrics (about 10 s per scored answer set, for the "
@@ -229,6 +234,9 @@ def check_arguments(script_args: LiteGPTScriptArguments, sft_fields: set[str]) -
             raise ValueError(f"{name} must be a positive number, got {value!r}")
     if script_args.lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {script_args.lr_schedule!r}")
+    for stage in script_args.eval_label_score_stages or []:
+        if stage not in stages:
+            raise ValueError(f"eval_label_score_stages names stage {stage!r}, which is not trained in this run ({stages})")
     if script_args.eval_dtype not in EVAL_DTYPES:
         raise ValueError(f"eval_dtype must be one of {EVAL_DTYPES}, got {script_args.eval_dtype!r}")
     if script_args.encoder_warmup_epochs < 0:

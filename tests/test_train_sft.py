@@ -1011,3 +1011,44 @@ def test_eval_after_training_passes_the_stage_and_eval_settings_to_eval_py(refer
     assert ("--no_label_scores" in args) is (not label_scores)
     assert ("--no_coco_meteor" in args) is (not coco_meteor)
     assert "--baselines" in args
+
+
+def test_label_scores_can_be_kept_to_some_stages(reference_run, monkeypatch):
+    """eval_label_score_stages: [grounding] keeps stage 1's label probabilities and drops stage 2's; a stage the run
+    does not train is refused before anything runs."""
+    import eval as litegpt_eval_cli
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(litegpt_eval_cli, "main", lambda argv: calls.append(argv) or 0)
+    argv = ["--config", str(reference_run["config"]), "--eval_label_score_stages", "grounding"]
+    script_args, training_args = train_sft.parse_arguments(argv)
+    plans = {p.stage: p for p in train_sft.plan_stages(script_args, dataclasses.replace(training_args, resume_from_checkpoint="latest"))}
+    for stage in ("grounding", "diagnosis"):
+        train_sft.evaluate_stage(plans[stage], script_args)
+    grounding_args, diagnosis_args = calls
+    assert "--no_label_scores" not in grounding_args and "--no_label_scores" in diagnosis_args
+    with pytest.raises(ValueError, match="eval_label_score_stages names stage 'diagnosis'"):
+        train_sft.parse_arguments(argv[:2] + ["--stages", "grounding", "--eval_label_score_stages", "diagnosis"])
+
+
+def test_a_synthetic_sample_written_with_other_settings_is_refused(tmp_path):
+    """A demo folder left by an earlier config (say 300/40 images) must not be trained on in silence when the config
+    now asks for another sample; the same settings reuse it."""
+    from datasets_scripts.synthetic import VINDR_VERSION_DIR, generate
+    from litegpt_train.arguments import LiteGPTScriptArguments
+
+    settings = {"n_train": 4, "n_test": 2, "mimic_studies": 2, "seed": 0, "image_size": 64}
+    generate(tmp_path / "data", **settings)
+    base = tmp_path / "base"
+    base.mkdir()
+
+    def prepare(**changed):
+        script_args = LiteGPTScriptArguments(
+            model_name_or_path=str(base), synthetic_data=True, data_dir=str(tmp_path / "data" / VINDR_VERSION_DIR),
+            synthetic_settings={**settings, **changed},
+        )  # fmt: skip
+        train_sft.prepare_offline_inputs(script_args)
+
+    prepare()
+    with pytest.raises(ValueError, match=r"n_test: 2 on disk, 3 asked.*delete the run folder"):
+        prepare(n_test=3)
