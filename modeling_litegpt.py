@@ -4,7 +4,7 @@
 language model) and the LM head outside it, because TRL's loss path reads `last_hidden_state`
 from the `base_model_prefix` submodule and the head from `get_output_embeddings()`.
 
-Image path (DESIGN.md §1.2): every tower sees the same `pixel_values`; each drops its CLS token;
+Image path: every tower sees the same `pixel_values`; each drops its CLS token;
 the patch tokens are concatenated along the sequence (first encoder first), normalised by a
 parameter-free LayerNorm, and every `tokens_per_group` consecutive positions become one
 `tokens_per_group * hidden` vector, projected to the LM width and scattered into
@@ -105,7 +105,7 @@ def group_patch_tokens(patch_tokens: torch.Tensor, tokens_per_group: int) -> tor
     return patch_tokens.reshape(batch, num_tokens // tokens_per_group, tokens_per_group * width)
 
 
-# LoRA on the language model's q/v projections only (DESIGN.md §1.5). A string is `re.fullmatch`ed by
+# LoRA on the language model's q/v projections only (the paper's r = 64 on W_q, W_v). A string is `re.fullmatch`ed by
 # PEFT; the list ["q_proj", "v_proj"] would suffix-match PubMedCLIP's attention too.
 LORA_TARGET_MODULES = r".*\.language_model\.layers\.\d+\.self_attn\.(q_proj|v_proj)"
 
@@ -114,7 +114,7 @@ def non_quantized_modules(config: LiteGPTConfig) -> list[str]:
     """Full module paths that bitsandbytes must leave in float: every tower, the projector and the LM head.
 
     transformers matches a skip entry from the start of the module path or as a suffix of it, so a
-    bare `"multi_modal_projector"` (the list DESIGN.md first proposed) does not protect
+    bare `"multi_modal_projector"` (the short names one would first write) does not protect
     `model.multi_modal_projector.linear_1`: the entries must be full prefixes.
     """
     towers = [f"model.{spec['name']}_vision_tower" for spec in config.vision_encoders]
@@ -166,7 +166,7 @@ class LiteGPTPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """Load as usual, then re-freeze the vision towers: loading resets `requires_grad` (DESIGN.md §6)."""
+        """Load as usual, then re-freeze the vision towers: loading resets `requires_grad`."""
         model = super().from_pretrained(*args, **kwargs)
         base = model.model if hasattr(model, "model") and isinstance(model.model, LiteGPTModel) else model
         if isinstance(base, LiteGPTModel):

@@ -3,7 +3,7 @@
 Shipped as remote code next to the weights: imports only transformers, numpy, PIL and the standard
 library at module level (pydicom is imported lazily, only when a DICOM is given).
 
-Contents (DESIGN.md §2-§6):
+Contents:
 
 * VinDr label lists, aliases and `canonical_label` (exact match after normalisation, never substrings);
 * DICOM -> 8-bit (`dicom_to_uint8`) and `load_image` for anything an image may arrive as;
@@ -37,10 +37,10 @@ except ImportError:  # imported as a plain module (tests, repo scripts)
     from configuration_litegpt import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, DEFAULT_IMAGE_TOKEN, DEFAULT_TASK_TOKENS
 
 
-# ======================================================================================= labels (DESIGN §3)
+# ======================================================================================= labels
 
 # fmt: off
-# VinDr-CXR local labels (22), exact spelling, CSV column order = canonical index (DESIGN.md §3).
+# VinDr-CXR local labels (22), exact spelling, CSV column order = canonical index.
 VINDR_LOCAL_LABELS = (
     "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Clavicle fracture",
     "Consolidation", "Edema", "Emphysema", "Enlarged PA", "ILD", "Infiltration", "Lung Opacity",
@@ -50,7 +50,7 @@ VINDR_LOCAL_LABELS = (
 # VinDr-CXR global labels (6), CSV order.
 VINDR_GLOBAL_LABELS = ("COPD", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases", "No finding")
 NO_FINDING = "No finding"
-# CheXpert / NegBio labels of MIMIC-CXR (14), CSV order (DESIGN.md §3).
+# CheXpert / NegBio labels of MIMIC-CXR (14), CSV order.
 CHEXPERT_LABELS = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
     "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
@@ -64,7 +64,7 @@ VINDR_LABELS = VINDR_LOCAL_LABELS + VINDR_GLOBAL_LABELS
 # reconcile, keyed by their normalised form. Case-only variants (`Lung Tumor`, `No Finding`,
 # `Pulmonary Fibrosis`, `Lung opacity`) need no entry. Keep this table explicit: anything absent raises.
 LABEL_ALIASES = {
-    "other disease": "Other diseases",  # the two VinDr files disagree; [C] and we use the plural
+    "other disease": "Other diseases",  # the two VinDr files disagree; the released LiteGPT code and we use the plural
     "nodule / mass": "Nodule/Mass",  # already reconciled by normalisation; listed for the record
     "no findings": "No finding",  # the stage-1 instruction itself says "shows no findings"
 }
@@ -90,7 +90,7 @@ def canonical_label(name: str, labels: Sequence[str] = VINDR_LABELS) -> str:
     """Map a label spelling to its canonical form in `labels`.
 
     The whole name must match a label or an alias after `normalize_label_name`; there is no substring
-    matching ([C]'s defect: "mild" contains "ild"). Raises `ValueError` naming the unknown label.
+    matching (the released LiteGPT code's defect: "mild" contains "ild"). Raises `ValueError` naming the unknown label.
     """
     key = normalize_label_name(name)
     canonical = _label_lookup(tuple(labels)).get(key)
@@ -104,7 +104,7 @@ def label_index(name: str, labels: Sequence[str] = VINDR_LABELS) -> int:
     return tuple(labels).index(canonical_label(name, labels))
 
 
-# ======================================================================================= DICOM -> 8-bit (§4)
+# ======================================================================================= DICOM -> 8-bit
 
 WINDOWING_MODES = ("window", "paper_appendix", "voi_lut", "minmax")
 
@@ -162,7 +162,7 @@ def paper_appendix_to_uint8(pixels: np.ndarray, center: float | None, width: flo
     truncated to `uint8` (not rounded), with `flip = -1` for MONOCHROME1: the inversion happens before the
     truncation, so an inverted value is `trunc(255 - x)`, not `255 - trunc(x)`.
 
-    Where the appendix's code has no answer, ours ([D]): a caller passes no window when the width is not positive
+    Where the appendix's code has no answer, our decisions: a caller passes no window when the width is not positive
     (the code would divide by it); a constant image (`max == min`) maps to `n = 0`, i.e. 127 (the code would produce
     NaN, whose conversion to `uint8` is undefined).
     """
@@ -360,7 +360,7 @@ def load_image_with_size(obj: Any, windowing: str = "window") -> tuple[Image.Ima
     """Load anything an image may arrive as and return `(RGB PIL image, (width, height))`.
 
     The size is that of the decoded image, i.e. the DICOM `Columns` x `Rows` for DICOM inputs: the pixel space
-    of VinDr boxes (DESIGN §2 "Grid"). Accepted inputs: PIL images (any mode, incl. `I;16`), numpy arrays or
+    of VinDr boxes. Accepted inputs: PIL images (any mode, incl. `I;16`), numpy arrays or
     tensors (HxW, HxWxC, CxHxW; `uint8` kept, other dtypes min-max scaled), pydicom datasets, paths to DICOM
     files (`.dcm`/`.dicom` or DICM magic), paths to PNG/JPEG files, http(s) URLs, raw bytes, and the
     `{"bytes": ..., "path": ...}` dicts of `datasets.Image(decode=False)`.
@@ -443,7 +443,7 @@ def _flatten_images(images: Any) -> list[Image.Image]:
     return [images]
 
 
-# ======================================================================================= box grid codec (§2, §5)
+# ======================================================================================= box grid codec
 
 GRID_MAX = 100
 LOCAL_PREFIX = "Local diseases of this chest radiograph are"
@@ -462,7 +462,7 @@ def _check_size(size: float) -> float:
 
 
 def to_grid(value: float, size: float) -> int:
-    """Pixel coordinate -> integer 0..100: `clamp(floor(100 v / size + 0.5), 0, 100)` (half-up, DESIGN §2)."""
+    """Pixel coordinate -> integer 0..100: `clamp(floor(100 v / size + 0.5), 0, 100)` (half up, written out: np.rint would round half to even)."""
     size = _check_size(size)
     value = float(value)
     if not math.isfinite(value):
@@ -500,7 +500,7 @@ def format_grounding_answer(
     no_finding: bool = False,
     labels: Sequence[str] = VINDR_LOCAL_LABELS,
 ) -> str:
-    """Stage-1 target (DESIGN §2): one phrase per box, sorted by canonical label index then grid box.
+    """Stage-1 target: one phrase per box, sorted by canonical label index then grid box.
 
     `findings` are `(label, (x1, y1, x2, y2))` in original pixels. Normal images give
     `"Local diseases of this chest radiograph are No finding."`; abnormal images with nothing to list give
@@ -533,12 +533,12 @@ def format_diagnosis_answer(labels: Iterable[str], vocabulary: Sequence[str] = V
     return f"{GLOBAL_PREFIX} {body}."
 
 
-# ----------------------------------------------------------------------------------------- parsing (§5)
+# ----------------------------------------------------------------------------------------- parsing
 
 _NUM = r"<\s*(\d{1,3})\s*>"
 _BOX_RE = re.compile(r"\s*".join([_NUM] * 4))
 _BOX_NC = r"\s*".join([r"<\s*\d{1,3}\s*>"] * 4)
-# DESIGN §5's tolerant phrase regex, extended to MiniGPT-v2's `{<..><..><..><..><delim><..>...}` multi-box form.
+# A tolerant phrase regex (spaces allowed around every part), extended to MiniGPT-v2's `{<..><..><..><..><delim><..>...}` multi-box form.
 _PHRASE_RE = re.compile(
     r"<p>\s*([^<]*?)\s*</p>\s*\{\s*(" + _BOX_NC + r"(?:\s*<delim>\s*" + _BOX_NC + r")*)\s*\}",
     re.IGNORECASE,
@@ -632,7 +632,7 @@ def _parse_phrase_boxes(
 def parse_grounding_answer(
     text: str, width: float, height: float, labels: Sequence[str] = VINDR_LOCAL_LABELS
 ) -> GroundingParse:
-    """Parse a stage-1 answer (DESIGN §5) into boxes in grid and pixel space.
+    """Parse a stage-1 answer into boxes in grid and pixel space.
 
     Phrases are found with the tolerant regex `<p> label </p> {<x1><y1><x2><y2>}` (also the `<delim>` multi-box
     form); the text between phrases may only hold separators, the prefix, "No finding" or "None". Everything
@@ -667,7 +667,7 @@ def parse_grounding_answer(
     return result
 
 
-# Negation cues of DESIGN §5; "negative for" is tried before the single words.
+# Negation cues of diagnosis answers; "negative for" is tried before the single words.
 _NEGATION_CUE_RE = re.compile(r"^(?:negative\s+for|without|absent|not|no)\b\s*", re.IGNORECASE)
 _TRAILING_ABSENT_RE = re.compile(r"\s+(?:(?:is|are)\s+)?absent$", re.IGNORECASE)
 _CLAUSE_SPLIT_RE = re.compile(r"[,;.]")
@@ -704,7 +704,7 @@ def _match_label_or_none(piece: str, labels: Sequence[str]) -> str | None:
 
 
 def parse_diagnosis_answer(text: str, labels: Sequence[str] = VINDR_GLOBAL_LABELS) -> DiagnosisParse:
-    """Parse a stage-2 answer (DESIGN §5).
+    """Parse a stage-2 answer.
 
     The prefix is stripped, the rest split into clauses on `,`/`;`/`.` and within a clause on `and`/`or`; each
     piece must be a whole label (after normalisation/aliases). A negation cue (`no`, `not`, `without`, `absent`,
@@ -768,7 +768,7 @@ def parse_yes_no(text: str) -> int | None:
     return 1 if match.group(1).lower() == "yes" else 0
 
 
-# ======================================================================================= prompts (§2)
+# ======================================================================================= prompts
 
 GROUNDING_INSTRUCTION = (
     "Please describe the critical findings along with their localized bounding boxes in the radiological image of a "
@@ -797,7 +797,7 @@ def task_instruction(
 ) -> str:
     """The user text of a task: `"{task_token} {instruction}"`, e.g. `"[identify] Please describe ..."`.
 
-    `instruction` overrides the DESIGN §2 sentence; `{entity}` in it is filled from `entity` (required for
+    `instruction` overrides the task's sentence (`TASK_INSTRUCTIONS`); `{entity}` in it is filled from `entity` (required for
     `existence`).
     """
     tokens = dict(DEFAULT_TASK_TOKENS) if task_tokens is None else dict(task_tokens)
@@ -823,7 +823,7 @@ def prompt_messages(
     """TRL `prompt` column: `[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": ...}]}]`.
 
     With `image_block=False` the content is the plain string and TRL's `prepare_multimodal_messages` inserts the
-    image block itself (DESIGN §2 rows). An optional `system` message is prepended.
+    image block itself. An optional `system` message is prepended.
     """
     text = task_instruction(task, instruction=instruction, entity=entity, task_tokens=task_tokens)
     content: Any = [{"type": "image"}, {"type": "text", "text": text}] if image_block else text
@@ -856,7 +856,7 @@ def messages_text(messages: Any) -> str:
 
 # ======================================================================================= chat template
 
-# Llama-2 chat layout with LiteGPT's image wrapper (DESIGN §2):
+# Llama-2 chat layout with LiteGPT's image wrapper:
 #   {bos}[INST] <Img><ImageHere></Img> {task_token} {instruction} [/INST] {answer}{eos}
 # * one BOS per [INST] turn (single turn -> exactly one), text is tokenized with add_special_tokens=False;
 # * the generation prompt ends right after "[/INST]" and the answer turn starts with its space, so
@@ -864,7 +864,7 @@ def messages_text(messages: Any) -> str:
 #   " {answer}{eos}" only; `{% generation %}` marks it for `assistant_only_loss`;
 # * content is a string or a list of blocks: {"type": "image"} -> "<Img><ImageHere></Img> ", {"type": "text"};
 # * an optional system message goes inside the first turn, Llama-2 `<<SYS>>` style.
-_CHAT_TEMPLATE = r"""{#- LiteGPT chat template (Llama-2 chat layout, DESIGN.md section 2) -#}
+_CHAT_TEMPLATE = r"""{#- LiteGPT chat template (Llama-2 chat layout) -#}
 {%- macro render_content(content) -%}
 {%- if content is string -%}
 {{- content -}}
@@ -920,7 +920,7 @@ def build_chat_template(
 
 
 def build_image_processor(image_size: int = 224) -> CLIPImageProcessor:
-    """Built-in `CLIPImageProcessor` of DESIGN §1.1: squash-resize to `image_size`² bicubic, no crop, CLIP mean/std."""
+    """Built-in `CLIPImageProcessor` as the reference code preprocesses: squash-resize to `image_size`² bicubic, no crop, CLIP mean/std."""
     side = {"height": int(image_size), "width": int(image_size)}
     return CLIPImageProcessor(
         size=side,
@@ -1258,7 +1258,7 @@ class LiteGPTProcessor(ProcessorMixin):
 
     @staticmethod
     def _phrase_score(span: tuple[int, int], token_spans, logprobs) -> float | None:
-        """`exp(mean log-prob)` of the tokens overlapping the phrase (label and coordinates, DESIGN §5 mAP)."""
+        """`exp(mean log-prob)` of the tokens overlapping the phrase (label and coordinates: the box confidence of mAP)."""
         if token_spans is None or logprobs is None:
             return None
         start, end = span

@@ -16,8 +16,8 @@ or `python -m datasets_scripts.mimic_cxr --data_dir DIR [--config report] [--num
 [--export out/] [--push_to_hub me/mimic-cxr-litegpt]` (Parquet + card with YAML `configs:`; the push is always
 private: the data use agreement forbids redistribution).
 
-Input (official layouts, DESIGN.md section 4)
----------------------------------------------
+Input (official layouts, docs/design.md "MIMIC-CXR")
+----------------------------------------------------
 `data_dir` is either one release folder or a folder holding them (``mimic-cxr/<version>``,
 ``mimic-cxr-jpg/<version>``, also under ``physionet.org/files/``); every file is searched in all of them:
 
@@ -212,7 +212,7 @@ class MIMICCXRConfig(datasets.BuilderConfig):
             `("all",)` / None keeps every image (an empty `ViewPosition` included). Filtered images are counted
             per view.
         one_image_per_study: keep one image per study: the first by (rank of its view in `views`, `dicom_id`), i.e.
-            PA before AP, then the smallest `dicom_id` (DESIGN §2). None (default) -> True for `report` and
+            PA before AP, then the smallest `dicom_id`. None (default) -> True for `report` and
             `existence` (labels and targets are per study, a second frontal image would duplicate them), False
             for `raw`.
         report_section: target of `report`: `"findings"` (default: findings, else impression), `"impression"`
@@ -225,7 +225,7 @@ class MIMICCXRConfig(datasets.BuilderConfig):
             `mimic_reports.py`), `"chexpert"` or `"negbio"` (the CSVs; Opacity -> `Lung Opacity`, Effusion ->
             `Pleural Effusion`). In every case only 1 (Yes) and 0 (No) make rows; -1 (uncertain) and null (not
             mentioned) are counted, never trained.
-        entities: entities of `existence` (default the six of DESIGN §2, in that order).
+        entities: entities of `existence` (default the six MedKLIP-style entities of `mimic_reports.ENTITIES`, in that order).
         windowing: DICOM -> 8-bit mode of `processing_litegpt.dicom_to_uint8`: `"window"` (default), `"voi_lut"`,
             `"minmax"`.
         max_side: longest side of the stored PNG (default 1024; 0 keeps the source size). `width`/`height` are

@@ -5,7 +5,7 @@
 or from Python: ``generate(out_dir, n_train=60, n_test=20, mimic_studies=20, seed=0, image_size=256) -> manifest``.
 Everything is a function of the arguments (same seed => byte-identical CSVs, reports, DICOMs and JPGs with the same
 pydicom / Pillow versions). The builders' tests read these trees exactly as they would read the real downloads
-(DESIGN.md §4) and compare what they build with ``DIR/manifest.json``.
+(docs/design.md, "Datasets") and compare what they build with ``DIR/manifest.json``.
 
 What is written
 ---------------
@@ -13,7 +13,7 @@ What is written
     ``train/{image_id}.dicom``, ``test/{image_id}.dicom`` (image_id = 32 hex characters);
     ``annotations/annotations_train.csv`` (``image_id,rad_id,class_name,x_min,y_min,x_max,y_max``),
     ``annotations/annotations_test.csv`` (no ``rad_id``), ``annotations/image_labels_train.csv`` (``image_id,rad_id`` +
-    22 local + 6 global 0/1 columns, DESIGN §3 order), ``annotations/image_labels_test.csv`` (no ``rad_id``).
+    22 local + 6 global 0/1 columns, in the label lists' order), ``annotations/image_labels_test.csv`` (no ``rad_id``).
     Train: 3 readers per image drawn from R1..R17; test: one consensus label set.
 ``DIR/mimic-cxr/2.0.0/``
     ``files/pXX/p{subject_id}/s{study_id}/{dicom_id}.dcm``, reports ``files/pXX/p{subject_id}/s{study_id}.txt``,
@@ -25,7 +25,7 @@ What is written
     (``truth``) and what every reader wrote (``readers``: labels and pixel boxes exactly as in the CSVs), MIMIC report
     sections and labels, and ``edge_cases`` (ids per case). ``generate`` returns the same dict plus ``out_dir``.
 
-Spelling choices (DESIGN §3)
+Spelling choices (docs/design.md, "Label lists")
 ----------------------------
 Annotation CSVs use canonical spellings only. The labels CSVs reproduce the real files' inconsistency in the global
 column: ``image_labels_train.csv`` has ``Other diseases`` and ``image_labels_test.csv`` has ``Other disease`` (as

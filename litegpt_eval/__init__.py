@@ -1,4 +1,4 @@
-"""LiteGPT-CXR evaluation: metrics, generation, reports (DESIGN.md section 5).
+"""LiteGPT-CXR evaluation: metrics, generation, reports (docs/design.md, "Metrics").
 
 Modules (each usable on its own, `eval.py` at the repository root is a thin CLI over them):
 
@@ -12,7 +12,7 @@ Modules (each usable on its own, `eval.py` at the repository root is a thin CLI 
 * `bootstrap` - percentile bootstrap over images, vectorised statistics of every metric;
 * `thresholds` - per-label decision thresholds chosen on validation predictions (the `thresholded` protocol);
 * `baselines` - trivial baselines fitted on the training split, scored by the same code;
-* `box_formats` - converters between peer box conventions (DESIGN section 7) and the canonical normalised xyxy;
+* `box_formats` - converters between peer box conventions and the canonical normalised xyxy;
 * `records` - the predictions JSONL schema, reading/validation, resume;
 * `generation` - dataset adapter and batched greedy generation writing predictions as they are produced;
 * `scoring` - predictions -> the metrics dictionary written to `metrics.json`;

@@ -1,4 +1,4 @@
-"""Box conventions of peer systems (DESIGN.md section 7), to and from one canonical form.
+"""Box conventions of peer systems, to and from one canonical form (docs/design.md, "Metrics").
 
 Canonical box: float `(x1, y1, x2, y2)` in [0, 1] of the **original** image (x on width, y on height).
 Each format has `parse(text, width, height, label=None) -> [PeerBox]` and `format(boxes, width, height) -> text`:
@@ -254,7 +254,7 @@ def format_vindr_csv(boxes: Sequence[PeerBox], width: float, height: float) -> s
     return buffer.getvalue()
 
 
-KAGGLE_CLASSES = (*KAGGLE14_LABELS, NO_FINDING)  # ids 0-13 + 14 No finding (DESIGN §3)
+KAGGLE_CLASSES = (*KAGGLE14_LABELS, NO_FINDING)  # ids 0-13 + 14 No finding
 
 
 def parse_kaggle(text: str, width: float, height: float, label: str | None = None) -> list[PeerBox]:

@@ -1,4 +1,4 @@
-"""Classification metrics of both stages (DESIGN.md section 5).
+"""Classification metrics of both stages (docs/design.md, "Metrics").
 
 * `multilabel_report`: per-label precision / recall / F1 / support and the micro, macro, weighted and samples
   averages exactly as `sklearn.metrics.classification_report(..., zero_division=0)` computes them, plus

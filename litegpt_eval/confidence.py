@@ -1,4 +1,4 @@
-"""Confidences from the model's token log-probabilities (DESIGN.md section 5, "mAP" and "AUC").
+"""Confidences from the model's token log-probabilities (docs/design.md, "Metrics": mAP and AUC).
 
 * **Box confidence** = `exp(mean log-prob)` of the tokens of its phrase (`<p>label</p> {<x1><y1><x2><y2>}`),
   computed by `LiteGPTProcessor.post_process_grounding(..., scores=...)` from the greedy output's transition

@@ -1,4 +1,4 @@
-"""Decision thresholds for the label confidences, chosen on the **validation** split (DESIGN.md section 5).
+"""Decision thresholds for the label confidences, chosen on the **validation** split.
 
 The headline classification numbers come from the greedy answer text. When the predictions carry label
 confidences (`scores.labels` of stage 1 / stage 2, `scores.yes` of MIMIC existence), an extra protocol cuts them at

@@ -39,7 +39,7 @@ def load_base_model(script_args: LiteGPTScriptArguments, gradient_checkpointing:
         # One full copy per process (DDP); bitsandbytes weights cannot be moved after loading.
         kwargs["device_map"] = {"": PartialState().local_process_index if torch.cuda.is_available() else "cpu"}
     model = AutoModelForImageTextToText.from_pretrained(script_args.model_name_or_path, **kwargs)
-    model.freeze_vision()  # loading resets requires_grad (DESIGN.md §6); from_pretrained also does it
+    model.freeze_vision()  # loading resets requires_grad; from_pretrained also does it
     if script_args.quantization != "none":
         from peft import prepare_model_for_kbit_training
 

@@ -1,4 +1,4 @@
-"""Build a full LiteGPT base checkpoint from the real upstream checkpoints (DESIGN.md §1.1, §1.3, §1.5, §1.6).
+"""Build a full LiteGPT base checkpoint from the real upstream checkpoints (docs/design.md, "Architecture").
 
 Inputs, in their upstream on-disk formats:
 
@@ -15,9 +15,9 @@ Inputs, in their upstream on-disk formats:
   The tokenizer gains ``<ImageHere>`` and the embeddings / LM head are resized once, in
   ``assemble_litegpt``.
 * ``--minigptv2 checkpoint_stage3.pth`` (optional): ``llama_proj`` -> ``multi_modal_projector.linear_2``;
-  its old-peft LoRA on ``q_proj``/``v_proj`` -> ``OUT/minigptv2_init_adapter/`` (a PEFT adapter with the
-  §1.5 ``LoraConfig``; the projector is stored there too, as ``modules_to_save``). EVA ViT, Q-Former
-  and any other keys are ignored and counted.
+  its old-peft LoRA on ``q_proj``/``v_proj`` -> ``OUT/minigptv2_init_adapter/`` (a PEFT adapter with the paper's
+  ``LiteGPTForConditionalGeneration.lora_config()``; the projector is stored there too, as ``modules_to_save``).
+  EVA ViT, Q-Former and any other keys are ignored and counted.
 
 ``multi_modal_projector.linear_1`` is new: it is PyTorch's default ``nn.Linear`` init under a fixed
 seed, i.e. exactly ``torch.manual_seed(seed); linear_1 = torch.nn.Linear(in, hidden)`` in float32
@@ -80,7 +80,7 @@ HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 INIT_ADAPTER_DIRNAME = "minigptv2_init_adapter"
 MANIFEST_NAME = "conversion_manifest.json"
 
-# DESIGN.md §1.5: a string is re.fullmatch'ed by PEFT; a list would suffix-match PubMedCLIP's attention too.
+# A string is re.fullmatch'ed by PEFT; a list would suffix-match PubMedCLIP's attention too.
 
 # MiniGPT-v2 (old peft, no adapter name; newer peft would insert `.default`).
 MINIGPTV2_LORA_KEY = re.compile(
@@ -580,7 +580,7 @@ def _close(a: Any, b: Any, tol: float = 1e-6) -> bool:
 
 
 def check_normalisation(processor: Any, biomed: OpenClipVision, pubmed: ClipVision) -> list[str]:
-    """Warnings when the upstream mean/std differ from the processor's (OpenAI-CLIP per DESIGN.md §1.1)."""
+    """Warnings when the upstream mean/std differ from the processor's (OpenAI-CLIP, as both encoders' reference preprocessing)."""
     image_processor = getattr(processor, "image_processor", None)
     mean = list(getattr(image_processor, "image_mean", None) or CLIP_IMAGE_MEAN)
     std = list(getattr(image_processor, "image_std", None) or CLIP_IMAGE_STD)

@@ -88,7 +88,7 @@ def load_gguf_language_model(gguf_path: str | Path) -> tuple[PreTrainedModel, Pr
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, image_token: str = DEFAULT_IMAGE_TOKEN) -> PreTrainedTokenizerBase:
-    """Add the image placeholder as a special token and pad with id 0 (`<unk>` / `<|endoftext|>`, DESIGN.md §1.4)."""
+    """Add the image placeholder as a special token and pad with id 0 (`<unk>` / `<|endoftext|>`)."""
     if image_token not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
@@ -132,7 +132,7 @@ def assemble_litegpt(
 
 
 def default_generation_config(tokenizer: PreTrainedTokenizerBase, image_token_id: int) -> GenerationConfig:
-    """Greedy decoding (DESIGN.md §5), pad/bos/eos from the tokenizer, the placeholder never generated."""
+    """Greedy decoding (the evaluation protocol), pad/bos/eos from the tokenizer, the placeholder never generated."""
     return GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

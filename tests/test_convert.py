@@ -362,7 +362,7 @@ def test_init_adapter(sources, converted, loaded):
 
 
 def test_init_adapter_loads_through_auto_class(sources, converted):
-    """`base_model_name_or_path` points at the converted base, so the adapter folder alone loads (DESIGN §6 PEFT)."""
+    """`base_model_name_or_path` points at the converted base, so the adapter folder alone loads (PEFT reads it)."""
     # transformers' PEFT integration: the base is loaded from the adapter's base_model_name_or_path, then the adapter.
     model = AutoModelForImageTextToText.from_pretrained(
         str(converted / conv.INIT_ADAPTER_DIRNAME), trust_remote_code=True

@@ -60,7 +60,7 @@ def test_trainable_parameters_are_projector_plus_lora(tiny_model):
 
 
 def test_paper_lora_size_is_33_6m():
-    """r=64 on Llama-2-7b's q/v: 32 layers x 2 x 64 x (4096 + 4096) = 33.55 M (DESIGN.md §1.5)."""
+    """r=64 on Llama-2-7b's q/v: 32 layers x 2 x 64 x (4096 + 4096) = 33.55 M."""
     config = LiteGPTConfig.from_preset("litegpt-7b")
     with torch.device("meta"):
         model = LiteGPTForConditionalGeneration(config)

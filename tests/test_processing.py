@@ -1,5 +1,5 @@
 """LiteGPTProcessor: image-token expansion, validation, chat template properties, TRL compatibility,
-save/load as remote code and post-processing of generated answers (DESIGN.md §1.4, §2, §5, §6)."""
+save/load as remote code and post-processing of generated answers (docs/design.md, "Prompts and targets")."""
 
 from __future__ import annotations
 
@@ -272,7 +272,7 @@ def test_trl_prompt_completion_collator(processor):
     collator = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
     answers = [ANSWER, "Local diseases of this chest radiograph are No finding."]
     examples = [
-        # Block form (our builders' rows) and DESIGN §2's string form (TRL inserts the image block).
+        # Block form (our builders' rows) and the string form (TRL inserts the image block).
         {
             "images": [random_image(0)],
             "prompt": processor.build_prompt_messages("grounding"),

@@ -295,7 +295,7 @@ def test_only_lora_and_projector_change(reference_run, base_dir, stage):
 
 # ============================================================================================ 3. label masks
 def expected_trained_ids(tokenizer, answer: str) -> list[int]:
-    """` {answer}</s>` with the char-level tiny tokenizer: one id per character, then EOS (DESIGN.md §2)."""
+    """` {answer}</s>` with the char-level tiny tokenizer: one id per character, then EOS."""
     return [tokenizer.convert_tokens_to_ids(ch) for ch in " " + answer] + [tokenizer.eos_token_id]
 
 
