@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "litegpt_eval" / "README.md"]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "litegpt_eval" / "README.md"]
 # Folders of the repository whose paths the documents may name (run-time folders such as runs/ are not checked).
 TRACKED_FOLDERS = ("bench", "configs", "datasets_scripts", "docs", "litegpt_eval", "litegpt_train", "scripts", "tests")
 ROOT_FILES = ("app.py", "eval.py", "train_sft.py", "pyproject.toml", "README.md", "configuration_litegpt.py",
