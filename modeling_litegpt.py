@@ -122,17 +122,22 @@ def non_quantized_modules(config: LiteGPTConfig) -> list[str]:
 
 
 def bnb_quantization_config(
-    config: LiteGPTConfig, bits: int, compute_dtype: torch.dtype = torch.bfloat16
+    config: LiteGPTConfig,
+    bits: int,
+    compute_dtype: torch.dtype = torch.bfloat16,
+    quant_type: str = "nf4",
+    double_quant: bool = True,
 ) -> BitsAndBytesConfig:
-    """`BitsAndBytesConfig` quantising the language model only (8-bit as in the paper, or 4-bit nf4 + double quant)."""
+    """`BitsAndBytesConfig` quantising the language model only: 8-bit as in the paper, or 4-bit (`quant_type`, default
+    nf4, with double quantisation by default, as the reference code's 4-bit option)."""
     skip = non_quantized_modules(config)
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     if bits == 4:
         return BitsAndBytesConfig(
             load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_type=quant_type,
+            bnb_4bit_use_double_quant=double_quant,
             bnb_4bit_compute_dtype=compute_dtype,
             llm_int8_skip_modules=skip,
         )

@@ -187,7 +187,7 @@ def prepare_offline_inputs(script_args: LiteGPTScriptArguments) -> None:
         generate(out, **script_args.synthetic_settings)
     base = Path(script_args.model_name_or_path)
     if script_args.base_preset and not base.exists():
-        from scripts.litegpt_checkpoint import build_base_checkpoint
+        from litegpt_train.base import build_base_checkpoint
 
         logger.info("building the %s base in %s (SmolLM2 GGUF)", script_args.base_preset, base)
         warmup: dict[str, Any] = {}

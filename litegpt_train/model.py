@@ -92,9 +92,9 @@ def fit_projector_input_standardization(
 
 def lora_config_for(script_args: LiteGPTScriptArguments, base_model_name_or_path: str):
     """The paper's LoRA (q/v of the LM, r/alpha/dropout from the config), projector (and demo towers) in full."""
-    from scripts.litegpt_checkpoint import make_lora_config
+    from modeling_litegpt import LiteGPTForConditionalGeneration
 
-    config = make_lora_config(
+    config = LiteGPTForConditionalGeneration.lora_config(
         r=script_args.lora_r,
         lora_alpha=script_args.lora_alpha,
         lora_dropout=script_args.lora_dropout,

@@ -69,7 +69,8 @@ import torch
 from torch import nn
 
 from configuration_litegpt import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, LiteGPTConfig, vision_encoder_spec
-from scripts.litegpt_checkpoint import assemble_litegpt, make_lora_config, save_litegpt
+from litegpt_train.base import assemble_litegpt, save_litegpt
+from modeling_litegpt import LiteGPTForConditionalGeneration
 
 logger = logging.getLogger(__name__)
 
@@ -466,7 +467,8 @@ def write_init_adapter(
     for name, tensor in model.model.multi_modal_projector.state_dict().items():
         tensors[f"base_model.model.model.multi_modal_projector.{name}"] = tensor.detach().clone().contiguous()
     save_file(tensors, str(adapter_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
-    make_lora_config(r=weights.rank, base_model_name_or_path=base_model_name_or_path).save_pretrained(str(adapter_dir))
+    config = LiteGPTForConditionalGeneration.lora_config(r=weights.rank, base_model_name_or_path=base_model_name_or_path)
+    config.save_pretrained(str(adapter_dir))
     return adapter_dir
 
 

@@ -29,7 +29,7 @@ def tiny_model(tiny_config):
 @pytest.fixture
 def tiny_model_and_processor():
     """A tiny model and its processor, assembled exactly as real checkpoints are."""
-    from scripts.litegpt_checkpoint import assemble_litegpt
+    from litegpt_train.base import assemble_litegpt
 
     return assemble_litegpt(LiteGPTConfig.from_preset("tiny"), build_tiny_tokenizer(), seed=0)
 
@@ -37,7 +37,7 @@ def tiny_model_and_processor():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A saved tiny LiteGPT folder (weights, config with auto_map, processor, remote code)."""
-    from scripts.litegpt_checkpoint import assemble_litegpt, save_litegpt
+    from litegpt_train.base import assemble_litegpt, save_litegpt
 
     model, processor = assemble_litegpt(LiteGPTConfig.from_preset("tiny"), build_tiny_tokenizer(), seed=0)
     return save_litegpt(model, processor, tmp_path_factory.mktemp("tiny_litegpt"))

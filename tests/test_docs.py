@@ -14,7 +14,7 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "
 # Folders of the repository whose paths the documents may name (run-time folders such as runs/ are not checked).
 TRACKED_FOLDERS = ("bench", "configs", "datasets_scripts", "docs", "litegpt_eval", "litegpt_train", "scripts", "tests")
 ROOT_FILES = ("app.py", "eval.py", "train_sft.py", "pyproject.toml", "README.md", "configuration_litegpt.py",
-              "modeling_litegpt.py", "processing_litegpt.py")
+              "modeling_litegpt.py", "processing_litegpt.py", "codec_litegpt.py", "image_processing_litegpt.py")
 
 
 def tracked_files() -> list[Path]:
@@ -68,6 +68,8 @@ def test_the_path_check_sees_paths():
 
 def test_shipped_files_name_no_repository_document():
     """A checkpoint's remote code is read on the Hub, where the repository's docs/ folder is absent."""
-    for name in ("configuration_litegpt.py", "modeling_litegpt.py", "processing_litegpt.py"):
+    from litegpt_train.hub import remote_code_files
+
+    for name in remote_code_files(ROOT, ["modeling_litegpt.py", "processing_litegpt.py"]):
         text = (ROOT / name).read_text()
         assert "docs/" not in text and "DESIGN" not in text, name

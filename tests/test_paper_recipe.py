@@ -189,8 +189,8 @@ from torch.distributed.fsdp import FSDPModule
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
+from modeling_litegpt import LiteGPTForConditionalGeneration
 from processing_litegpt import completion_messages, format_diagnosis_answer, prompt_messages
-from scripts.litegpt_checkpoint import make_lora_config
 
 base, dump, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 accelerator = Accelerator(cpu=True)  # what Accelerate sets up on CPUs, FSDP config or not: gloo DDP (MULTI_CPU)
@@ -211,7 +211,7 @@ def batch_of(seed):
 
 torch.manual_seed(0)
 model = get_peft_model(AutoModelForImageTextToText.from_pretrained(base, trust_remote_code=True),
-                       make_lora_config(r=4, lora_alpha=8, lora_dropout=0.0))
+                       LiteGPTForConditionalGeneration.lora_config(r=4, lora_alpha=8, lora_dropout=0.0))
 initial = {{n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}}
 batches = [batch_of(r) for r in range(world)]
 

@@ -31,7 +31,7 @@ from transformers import TrainerCallback
 import train_sft
 from litegpt_train.data import load_stage_data
 from litegpt_train.feature_cache import CachedProjectorInputsCollator, ProjectorInputCache, pixel_digest
-from litegpt_train.hub import push_stage, staged_upload_folder, upload_file_set
+from litegpt_train.hub import push_stage, remote_code_files, staged_upload_folder, upload_file_set
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("grounding", "diagnosis")
@@ -46,19 +46,19 @@ HUB_BASE = "litegpt-tests/tiny-base"
 
 # Every file a finished stage folder uploads (litegpt_train.hub.upload_file_set): adapter, processor with its
 # remote code, card, training record and log; never training_args.bin (a pickle) or checkpoint-*/.
-EXPECTED_UPLOAD = [
+EXPECTED_UPLOAD = sorted([
     "README.md",
     "adapter_config.json",
     "adapter_model.safetensors",
     "chat_template.jinja",
-    "configuration_litegpt.py",
     "litegpt_training.json",
-    "processing_litegpt.py",
     "processor_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "training_log.csv",
-]
+    # the processor's remote code: processing_litegpt.py and the siblings it imports relatively
+    *remote_code_files(Path(__file__).resolve().parent.parent, ["processing_litegpt.py"]),
+])
 
 
 # ============================================================================================ fixtures
@@ -67,7 +67,7 @@ def build_tiny_base(out_dir: Path, **preset_overrides) -> Path:
     from tiny_tokenizer import build_tiny_tokenizer
 
     from configuration_litegpt import LiteGPTConfig
-    from scripts.litegpt_checkpoint import assemble_litegpt, save_litegpt
+    from litegpt_train.base import assemble_litegpt, save_litegpt
 
     config = LiteGPTConfig.from_preset("tiny", **preset_overrides)
     model, processor = assemble_litegpt(config, build_tiny_tokenizer(), seed=0)
@@ -557,7 +557,7 @@ def foreign_adapters(tmp_path_factory) -> dict[str, Path]:
     from transformers import AutoModelForImageTextToText
 
     from configuration_litegpt import TINY_TEXT_CONFIG
-    from scripts.litegpt_checkpoint import make_lora_config
+    from modeling_litegpt import LiteGPTForConditionalGeneration
 
     out = {}
     for name, overrides in {
@@ -566,7 +566,7 @@ def foreign_adapters(tmp_path_factory) -> dict[str, Path]:
     }.items():
         base = build_tiny_base(tmp_path_factory.mktemp(f"other_base_{name}"), **overrides)
         model = AutoModelForImageTextToText.from_pretrained(base, trust_remote_code=True)
-        peft_model = get_peft_model(model, make_lora_config(r=4, lora_alpha=8, base_model_name_or_path=str(base)))
+        peft_model = get_peft_model(model, LiteGPTForConditionalGeneration.lora_config(r=4, lora_alpha=8, base_model_name_or_path=str(base)))
         adapter = tmp_path_factory.mktemp(f"other_adapter_{name}")
         peft_model.save_pretrained(adapter)
         out[name] = adapter

@@ -26,11 +26,11 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from sdist_cache import SdistUnavailable, extract_folder, fetch_sdist, sdist_cache_dir
 from transformers.models.auto import modeling_auto
 
 from configuration_litegpt import TINY_TEXT_CONFIG, LiteGPTConfig
 from modeling_litegpt import LiteGPTForConditionalGeneration, LiteGPTModel
-from sdist_cache import SdistUnavailable, extract_folder, fetch_sdist, sdist_cache_dir
 
 TRANSFORMERS_VERSION = "5.23.0"
 TRANSFORMERS_SDIST_SHA256 = "19d647a4d5d903a7c644ca5cde2d86efc3dde7d8c687ae7988806ff2205efa71"
