@@ -35,6 +35,7 @@ from accelerate import PartialState
 from accelerate.utils import DistributedType
 from trl import SFTConfig, TrlParser
 
+from litegpt_eval import EvalArguments, evaluate
 from litegpt_train.arguments import (
     ARGUMENT_GROUPS,
     STAGE_SOURCES,
@@ -181,35 +182,27 @@ def check_init_adapter(run: RunArguments) -> None:
 
 # ----------------------------------------------------------------------------------------- eval
 def evaluate_stage(plan: StagePlan, run: RunArguments) -> Path:
-    """eval.py on the stage's own task (stage 1 -> grounding tables, stage 2 -> diagnosis), into <stage>/eval."""
-    import eval as litegpt_eval_cli
-
+    """`litegpt_eval.evaluate` on the stage's own task (stage 1 -> grounding tables, stage 2 -> diagnosis), into
+    `<stage>/eval`, with the run's `eval_*` settings and the builder settings training used."""
     family, _ = STAGE_SOURCES[plan.stage]
     data_dir, settings = run.data.source(family)
     evaluation = run.evaluation
     out = plan.output_dir / "eval"
-    argv = [
-        "--model", str(plan.output_dir),
-        "--dataset", EVAL_DATASET[plan.stage],
-        "--data_dir", str(data_dir),
-        "--split", evaluation.eval_split,
-        "--out", str(out),
-        "--batch_size", str(evaluation.eval_batch_size),
-        "--dtype", evaluation.eval_dtype,
-        "--bootstrap", str(evaluation.eval_bootstrap),
-        "--dataset_settings", json.dumps(settings),
-    ]  # fmt: skip
-    if run.data.dataset_cache_dir:
-        argv += ["--cache_dir", run.data.dataset_cache_dir]
-    if evaluation.eval_baselines:
-        argv += ["--baselines"]
-    if not evaluation.eval_label_scores:
-        argv += ["--no_label_scores"]
-    if not evaluation.eval_coco_meteor:
-        argv += ["--no_coco_meteor"]
-    status = litegpt_eval_cli.main(argv)
-    if status:
-        raise RuntimeError(f"eval.py failed on stage {plan.stage} (exit {status})")
+    evaluate(EvalArguments(
+        out=str(out),
+        model=str(plan.output_dir),
+        dataset=EVAL_DATASET[plan.stage],
+        data_dir=str(data_dir),
+        dataset_settings=dict(settings),
+        cache_dir=run.data.dataset_cache_dir,
+        split=evaluation.eval_split,
+        batch_size=evaluation.eval_batch_size,
+        dtype=evaluation.eval_dtype,
+        bootstrap=evaluation.eval_bootstrap,
+        baselines=evaluation.eval_baselines,
+        no_label_scores=not evaluation.eval_label_scores,
+        no_coco_meteor=not evaluation.eval_coco_meteor,
+    ))  # fmt: skip
     return out
 
 

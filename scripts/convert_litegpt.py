@@ -1,5 +1,10 @@
 """Build a full LiteGPT base checkpoint from the real upstream checkpoints (docs/design.md, "Architecture").
 
+Over 600 lines, on purpose: the whole conversion of the four upstream checkpoints stays in this one script (reading
+each upstream format, mapping its keys, checking the converted towers against the source models, writing the
+manifest), because it is the only code that imports open_clip and reads pickled upstream files, both kept out of the
+installed packages and of the shipped model code.
+
 Inputs, in their upstream on-disk formats:
 
 * ``--biomedclip DIR``: BiomedCLIP in open_clip hub format (``open_clip_config.json`` +
@@ -54,7 +59,6 @@ import argparse
 import contextlib
 import copy
 import functools
-import hashlib
 import json
 import logging
 import pickle
@@ -69,12 +73,15 @@ import torch
 from torch import nn
 
 from configuration_litegpt import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, LiteGPTConfig, vision_encoder_spec
+from litegpt_eval.manifest import package_versions, sha256_file
 from litegpt_train.base import assemble_litegpt, save_litegpt
 from modeling_litegpt import LiteGPTForConditionalGeneration
 
 logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------- constants
+# Libraries whose versions the conversion manifest records.
+CONVERSION_PACKAGES = ("torch", "transformers", "timm", "peft", "open_clip_torch", "safetensors")
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -106,14 +113,6 @@ CLIP_VISION_FIELDS = (
 
 
 # ---------------------------------------------------------------------------------------------- file helpers
-def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_torch_file(path: str | Path) -> Any:
     """`torch.load` restricted to tensors and plain containers (never arbitrary pickles)."""
     try:
@@ -625,18 +624,6 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata
-
-    versions = {}
-    for package in ("torch", "transformers", "timm", "peft", "open_clip_torch", "safetensors"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
 def init_projector_linears(config: LiteGPTConfig, seed: int) -> tuple[nn.Linear, nn.Linear]:
     """`torch.manual_seed(seed); linear_1 = nn.Linear(...); linear_2 = nn.Linear(...)` in float32 (PyTorch defaults)."""
     with _default_dtype(torch.float32):
@@ -756,7 +743,7 @@ def convert(
 
     manifest = {
         "converter": "scripts/convert_litegpt.py",
-        "versions": _versions(),
+        "versions": package_versions(CONVERSION_PACKAGES, missing=None),
         "dtype": str(dtype).replace("torch.", ""),
         "seed": seed,
         "inputs": {

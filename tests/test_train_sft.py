@@ -33,6 +33,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import train_sft
+from litegpt_eval import EvalArguments
 from litegpt_train import stages as stages_module
 from litegpt_train.data import load_stage_data
 from litegpt_train.feature_cache import CachedProjectorInputsCollator, ProjectorInputCache, pixel_digest
@@ -993,15 +994,15 @@ def test_two_process_cpu_ddp_ranks_agree(make_config, tmp_path):
 
 # ============================================================================================ 9. eval after training
 @pytest.mark.parametrize("label_scores", [True, False])
-def test_eval_after_training_passes_the_stage_and_eval_settings_to_eval_py(reference_run, monkeypatch, label_scores):
-    """evaluate_stage runs eval.py on the stage's own task and folder with the config's eval_* settings."""
-    import eval as litegpt_eval_cli
-
-    # The two switches take opposite values so that each flag is seen both present and absent.
+def test_eval_after_training_passes_the_stage_and_eval_settings_to_the_evaluation(reference_run, monkeypatch,
+                                                                                  label_scores):
+    """evaluate_stage calls litegpt_eval.evaluate on the stage's own task and folder with the config's eval_* settings
+    and the builder settings training used."""
+    # The two switches take opposite values so that each flag is seen both on and off.
     coco_meteor = not label_scores
 
-    calls: list[list[str]] = []
-    monkeypatch.setattr(litegpt_eval_cli, "main", lambda argv: calls.append(argv) or 0)
+    calls: list[EvalArguments] = []
+    monkeypatch.setattr(train_sft, "evaluate", calls.append)
     dtype = "bfloat16" if label_scores else "auto"
     argv = ["--config", str(reference_run["config"]), "--eval_bootstrap", "7", "--eval_label_scores", str(label_scores),
             "--eval_coco_meteor", str(coco_meteor), "--eval_dtype", dtype]
@@ -1011,10 +1012,10 @@ def test_eval_after_training_passes_the_stage_and_eval_settings_to_eval_py(refer
     out = train_sft.evaluate_stage(plan, run)
     assert out == reference_run["out"] / "grounding" / "eval"
     (args,) = calls
-    options = dict(zip(args[::2], args[1::2]))
-    assert options["--model"] == str(reference_run["out"] / "grounding")
-    assert options["--dataset"] == "vindr_cxr:grounding" and options["--bootstrap"] == "7"
-    assert options["--dtype"] == dtype
-    assert ("--no_label_scores" in args) is (not label_scores)
-    assert ("--no_coco_meteor" in args) is (not coco_meteor)
-    assert "--baselines" in args
+    assert args.out == str(out) and args.model == str(reference_run["out"] / "grounding")
+    assert args.dataset == "vindr_cxr:grounding" and args.bootstrap == 7 and args.split == "test"
+    assert args.dtype == dtype
+    assert args.dataset_settings == run.data.dataset_settings and args.data_dir == run.data.data_dir
+    assert args.no_label_scores is (not label_scores)
+    assert args.no_coco_meteor is (not coco_meteor)
+    assert args.baselines
