@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from processing_litegpt import NO_FINDING, VINDR_GLOBAL_LABELS, VINDR_LOCAL_LABELS
+from codec_litegpt import NO_FINDING, VINDR_GLOBAL_LABELS, VINDR_LOCAL_LABELS
 
 FINDING = "Finding"
 # [C]'s class names: "Other disease" (singular) as in its CSV; substring matching makes both spellings hit.

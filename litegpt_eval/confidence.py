@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from processing_litegpt import GLOBAL_PREFIX, LOCAL_PREFIX, NO_FINDING
+from codec_litegpt import GLOBAL_PREFIX, LOCAL_PREFIX, NO_FINDING
 
 _NO_FINDING_RE = re.compile(r"\bno\s+findings?\b", re.IGNORECASE)
 _GLOBAL_PREFIX_RE = re.compile(r"^\s*global\s+diseases\s+of\s+this\s+chest\s+radiograph\s+are\b", re.IGNORECASE)

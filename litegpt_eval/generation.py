@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from processing_litegpt import (
+from codec_litegpt import (
     DIAGNOSIS_INSTRUCTION,
     GROUNDING_INSTRUCTION,
     REPORT_INSTRUCTION,

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from processing_litegpt import VINDR_GLOBAL_LABELS, VINDR_LOCAL_LABELS
+from codec_litegpt import VINDR_GLOBAL_LABELS, VINDR_LOCAL_LABELS
 
 from .classification import label_vector
 from .records import PredictionsError, load_records
