@@ -87,30 +87,32 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from codec_litegpt import MIMIC_ENTITIES
+
 __all__ = [
-    "SECTION_HEADER_RE",
-    "ReportSections",
-    "split_sections",
-    "parse_sections",
-    "normalize_section_name",
-    "clean_section_text",
-    "REPORT_SECTION_CHOICES",
-    "report_target",
+    "ABSENT",
     "ENTITIES",
-    "ENTITY_PATTERNS",
     "ENTITY_CHEXPERT_COLUMN",
+    "ENTITY_PATTERNS",
     "POSITION_WORDS",
+    "PRESENT",
+    "REPORT_SECTION_CHOICES",
+    "SECTION_HEADER_RE",
+    "UNCERTAIN",
+    "ReportSections",
     "Triplet",
-    "split_sentences",
-    "split_clauses",
+    "chexpert_value",
+    "clean_section_text",
     "extract_triplets",
     "labeling_text",
-    "study_labels",
+    "normalize_section_name",
+    "parse_sections",
     "report_labels",
-    "chexpert_value",
-    "PRESENT",
-    "ABSENT",
-    "UNCERTAIN",
+    "report_target",
+    "split_clauses",
+    "split_sections",
+    "split_sentences",
+    "study_labels",
 ]
 
 # ======================================================================================= sections
@@ -323,7 +325,7 @@ def report_target(
 
 PRESENT, ABSENT, UNCERTAIN = 1, 0, -1
 
-ENTITIES = ("Opacity", "Pneumothorax", "Cardiomegaly", "Effusion", "Consolidation", "Atelectasis")
+ENTITIES = MIMIC_ENTITIES  # the label list lives with the others, in the codec
 
 ENTITY_PATTERNS = {
     "Opacity": r"opaci(?:ty|ties|fication|fications|fied)",

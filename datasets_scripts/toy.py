@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from processing_litegpt import VINDR_GLOBAL_LABELS, VINDR_LOCAL_LABELS
+from codec_litegpt import VINDR_GLOBAL_LABELS, VINDR_LOCAL_LABELS
 
 from .synthetic import OTHER_DISEASE_COLUMN, VINDR_VERSION_DIR, _fmt, _write_csv, _write_dicom
 

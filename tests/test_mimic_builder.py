@@ -22,7 +22,7 @@ from datasets import List, load_dataset
 from PIL import Image
 
 from datasets_scripts import synthetic
-from datasets_scripts.common import export_parquet
+from datasets_scripts.export import export_parquet
 from datasets_scripts.mimic_cxr import MIMICCXR, MIMICDataError, MIMICImageError, main
 from datasets_scripts.mimic_reports import ENTITY_CHEXPERT_COLUMN
 from processing_litegpt import completion_messages, dicom_to_uint8, prompt_messages, read_dicom
