@@ -241,16 +241,11 @@ class GroundingFinding:
 
 
 @dataclass
-class GroundingParse:
-    """Result of `parse_grounding_answer`.
-
-    `no_finding`: the answer says "No finding"; `none_listed`: it says "None" (a valid empty list);
-    `contradiction`: "No finding" together with boxes; `failures`: one message per fragment that could not be
-    used (unparseable text, unknown label, coordinate > 100, inverted box). Nothing is guessed.
-    """
+class AnswerParse:
+    """What every parse of a generated answer reports: the `text`, whether it says "No finding" or "None" (a valid
+    empty list), a `contradiction`, and one message per fragment that could not be used (`failures`)."""
 
     text: str
-    findings: list[GroundingFinding] = field(default_factory=list)
     no_finding: bool = False
     none_listed: bool = False
     contradiction: bool = False
@@ -258,7 +253,20 @@ class GroundingParse:
 
     @property
     def ok(self) -> bool:
+        """True when every fragment of the answer was understood."""
         return not self.failures
+
+
+@dataclass
+class GroundingParse(AnswerParse):
+    """Result of `parse_grounding_answer`.
+
+    `no_finding`: the answer says "No finding"; `none_listed`: it says "None" (a valid empty list);
+    `contradiction`: "No finding" together with boxes; `failures`: one message per fragment that could not be
+    used (unparseable text, unknown label, coordinate > 100, inverted box). Nothing is guessed.
+    """
+
+    findings: list[GroundingFinding] = field(default_factory=list)
 
     @property
     def labels(self) -> list[str]:
@@ -353,7 +361,7 @@ _CONJUNCTION_SPLIT_RE = re.compile(r"\s+(?:and|or|nor)\s+|^\s*(?:and|or|nor)\s+"
 
 
 @dataclass
-class DiagnosisParse:
+class DiagnosisParse(AnswerParse):
     """Result of `parse_diagnosis_answer`.
 
     `positive`/`negative`: canonical labels in canonical order; `no_finding`: "No finding" asserted;
@@ -361,17 +369,8 @@ class DiagnosisParse:
     are dropped from both lists and reported in `failures`); `failures`: unknown fragments.
     """
 
-    text: str
     positive: list[str] = field(default_factory=list)
     negative: list[str] = field(default_factory=list)
-    no_finding: bool = False
-    none_listed: bool = False
-    contradiction: bool = False
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
 
 
 def _match_label_or_none(piece: str, labels: Sequence[str]) -> str | None:
@@ -551,6 +550,7 @@ __all__ = [
     "VINDR_GLOBAL_LABELS",
     "VINDR_LABELS",
     "VINDR_LOCAL_LABELS",
+    "AnswerParse",
     "DiagnosisParse",
     "GroundingFinding",
     "GroundingParse",

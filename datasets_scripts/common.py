@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from configuration_litegpt import DEFAULT_TASK_TOKENS
+
 __all__ = [
     "PreparationLogMixin",
     "SkipLog",
@@ -25,6 +27,7 @@ __all__ = [
     "grey_png_bytes",
     "input_error_cause",
     "read_csv_strings",
+    "task_tokens_of",
     "update_with_code",
 ]
 
@@ -245,6 +248,15 @@ def update_with_code(digest: Any, paths: Iterable[Path]) -> None:
             digest.update(Path(path).read_bytes())
         except OSError:
             digest.update(str(path).encode())
+
+
+def task_tokens_of(config: Any, task: str) -> dict[str, str]:
+    """The task tokens a builder writes into its prompts: the defaults, with the config's `task_token` (when set) for
+    `task`."""
+    tokens = dict(DEFAULT_TASK_TOKENS)
+    if config.task_token is not None:
+        tokens[task] = config.task_token
+    return tokens
 
 
 def check_choices(owner: str, settings: Any, choices: Mapping[str, Iterable[Any]]) -> None:

@@ -16,10 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from codec_litegpt import CHEXPERT_LABELS, completion_messages, prompt_messages
-from configuration_litegpt import DEFAULT_TASK_TOKENS
-from datasets_scripts.common import (
-    SkipLog,
-)
+from datasets_scripts.common import SkipLog, task_tokens_of
 from datasets_scripts.mimic_inputs import (
     CSV_NAMES,
     SPLIT_NAMES,
@@ -85,13 +82,6 @@ def select_images(images: Sequence[MimicImage], views: tuple | None, one_per_stu
 _ANSWER = "_answer"
 
 
-def _task_tokens(config: MIMICCXRConfig, task: str) -> dict[str, str]:
-    tokens = dict(DEFAULT_TASK_TOKENS)
-    if config.task_token is not None:
-        tokens[task] = config.task_token
-    return tokens
-
-
 def finish_row(config: MIMICCXRConfig, row: dict[str, Any]) -> dict[str, Any]:
     """A planned row -> the stored row: `prompt`/`completion` from the processor's templates (`prompt_messages`,
     `completion_messages`) for `report` and `existence` (entity in lower case)."""
@@ -100,10 +90,10 @@ def finish_row(config: MIMICCXRConfig, row: dict[str, Any]) -> dict[str, Any]:
     row = dict(row)
     answer = row.pop(_ANSWER)
     if config.name == "report":
-        prompt = prompt_messages("report", task_tokens=_task_tokens(config, "report"))
+        prompt = prompt_messages("report", task_tokens=task_tokens_of(config, "report"))
     else:
         prompt = prompt_messages("existence", entity=row["entity"].lower(),
-                                 task_tokens=_task_tokens(config, "existence"))
+                                 task_tokens=task_tokens_of(config, "existence"))
     row["prompt"] = prompt
     row["completion"] = completion_messages(answer)
     return row

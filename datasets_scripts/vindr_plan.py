@@ -29,10 +29,7 @@ from codec_litegpt import (
     format_grounding_answer,
     prompt_messages,
 )
-from configuration_litegpt import DEFAULT_TASK_TOKENS
-from datasets_scripts.common import (
-    SkipLog,
-)
+from datasets_scripts.common import SkipLog, task_tokens_of
 from datasets_scripts.vindr_csv import (
     GLOBAL_DISEASES,
     AnnotationRow,
@@ -163,13 +160,6 @@ def _sort_boxes(findings: list[tuple[str, tuple]], width: int, height: int):
     }
 
 
-def _task_tokens(config: VinDrCXRConfig, task: str) -> dict[str, str]:
-    tokens = dict(DEFAULT_TASK_TOKENS)
-    if config.task_token is not None:
-        tokens[task] = config.task_token
-    return tokens
-
-
 def _training_row(
     config: VinDrCXRConfig,
     image_id: str,
@@ -201,7 +191,7 @@ def _training_row(
         "local_labels": local_labels,
         "global_labels": global_labels,
         **boxes,
-        "prompt": prompt_messages(task, task_tokens=_task_tokens(config, task)),
+        "prompt": prompt_messages(task, task_tokens=task_tokens_of(config, task)),
         "completion": completion_messages(answer),
     }
 
@@ -422,52 +412,63 @@ def _image_rows(
 ) -> list[dict]:
     """The finished rows of one image for the configured view (empty when the image is dropped)."""
     c["readers_per_image"][len(readers)] = c["readers_per_image"].get(len(readers), 0) + 1
-    local_allowed = set(config.local_labels)
-
     if config.name == "raw":
-        out = []
-        for row in sorted(rows, key=lambda r: r.line):
-            out.append(
-                {
-                    "image_id": image_id,
-                    "split": split,
-                    "rad_id": row.rad_id,
-                    "row": row.line,
-                    "class_name": row.class_name,
-                    "class_name_raw": row.class_name_raw,
-                    "box": list(row.box) if row.box else None,
-                    "grid_box": list(box_to_grid(row.box, width, height)) if row.box else None,
-                    "width": width,
-                    "height": height,
-                }
-            )
-        return out
-
+        return _raw_rows(split, image_id, width, height, rows)
     if config.name == "labels":
-        out = []
-        for rad_id, reader in readers.items():
-            own = [(r.class_name, r.box) for r in rows if r.rad_id == rad_id and r.box is not None]
-            c["boxes_in"] += len(own)
-            kept = [(label, box) for label, box in own if label in local_allowed]
-            c["boxes_dropped_taxonomy"] += len(own) - len(kept)
-            c["boxes_out"] += len(kept)
-            normal = bool(reader.no_finding)
-            out.append(
-                {
-                    "image_id": image_id,
-                    "rad_id": rad_id,
-                    "width": width,
-                    "height": height,
-                    **{label: int(reader.values[label]) for label in config.local_labels + VINDR_GLOBAL_LABELS},
-                    "no_finding": normal,
-                    "local_labels": [label for label in config.local_labels if reader.values[label]],
-                    "global_labels": [NO_FINDING] if normal else [g for g in GLOBAL_DISEASES if reader.values[g]],
-                    **_sort_boxes(kept, width, height),
-                }
-            )
-        return out
+        return _reader_rows(config, image_id, width, height, readers, rows, c)
+    return _fused_rows(config, split, image_id, width, height, readers, rows, c, dropped)
 
-    # grounding / diagnosis: fuse the readers (train) or take the consensus (test).
+
+def _raw_rows(split: str, image_id: str, width: int, height: int, rows: list[AnnotationRow]) -> list[dict]:
+    """`raw`: one row per annotation CSV row, in CSV order, every reader kept."""
+    return [
+        {
+            "image_id": image_id,
+            "split": split,
+            "rad_id": row.rad_id,
+            "row": row.line,
+            "class_name": row.class_name,
+            "class_name_raw": row.class_name_raw,
+            "box": list(row.box) if row.box else None,
+            "grid_box": list(box_to_grid(row.box, width, height)) if row.box else None,
+            "width": width,
+            "height": height,
+        }
+        for row in sorted(rows, key=lambda r: r.line)
+    ]
+
+
+def _reader_rows(config: VinDrCXRConfig, image_id: str, width: int, height: int, readers, rows, c: dict) -> list[dict]:
+    """`labels`: one row per reader, the labels CSV by column name and the reader's own boxes (taxonomy applied)."""
+    local_allowed = set(config.local_labels)
+    out = []
+    for rad_id, reader in readers.items():
+        own = [(r.class_name, r.box) for r in rows if r.rad_id == rad_id and r.box is not None]
+        c["boxes_in"] += len(own)
+        kept = [(label, box) for label, box in own if label in local_allowed]
+        c["boxes_dropped_taxonomy"] += len(own) - len(kept)
+        c["boxes_out"] += len(kept)
+        normal = bool(reader.no_finding)
+        out.append(
+            {
+                "image_id": image_id,
+                "rad_id": rad_id,
+                "width": width,
+                "height": height,
+                **{label: int(reader.values[label]) for label in config.local_labels + VINDR_GLOBAL_LABELS},
+                "no_finding": normal,
+                "local_labels": [label for label in config.local_labels if reader.values[label]],
+                "global_labels": [NO_FINDING] if normal else [g for g in GLOBAL_DISEASES if reader.values[g]],
+                **_sort_boxes(kept, width, height),
+            }
+        )
+    return out
+
+
+def _fused_rows(config: VinDrCXRConfig, split: str, image_id: str, width: int, height: int, readers, rows, c: dict,
+                dropped: dict) -> list[dict]:  # fmt: skip
+    """`grounding` / `diagnosis`: the readers fused (train: conflicts, label fusion, taxonomy, dedup) or the test
+    consensus taken as given; one training row."""
     ordered = sorted(readers.values(), key=lambda r: r.rad_id or "")
     flags = [r.no_finding for r in ordered]
     boxes = [r for r in rows if r.box is not None]
@@ -501,8 +502,18 @@ def _image_rows(
         global_ = fuse_labels([r.global_() for r in ordered], config.global_fusion)
     else:
         local, global_ = reader_local[0], ordered[0].global_()
-    local_taxonomy = local & local_allowed
+    local_taxonomy = local & set(config.local_labels)
+    findings = _kept_findings(config, split, boxes, local_taxonomy, c)
+    c["abnormal_images"] += 1
+    if not findings:
+        c["abnormal_images_without_boxes"] += 1
+    return [_training_row(config, image_id, width, height, False, local_taxonomy, global_, findings)]
 
+
+def _kept_findings(config: VinDrCXRConfig, split: str, boxes, local_taxonomy: set[str], c: dict) -> list[tuple]:
+    """The `(label, box)` findings of an abnormal image in canonical label order: boxes of labels outside the taxonomy
+    or the fused labels dropped (counted), train boxes deduplicated per label."""
+    local_allowed = set(config.local_labels)
     findings: list[tuple[str, tuple]] = []
     for label in VINDR_LOCAL_LABELS:
         group = [r for r in boxes if r.class_name == label]
@@ -522,7 +533,4 @@ def _image_rows(
         c["boxes_dropped_dedup"] += len(group) - len(kept)
         findings += [(label, tuple(box)) for box in kept]
     c["boxes_out"] += len(findings)
-    c["abnormal_images"] += 1
-    if not findings:
-        c["abnormal_images_without_boxes"] += 1
-    return [_training_row(config, image_id, width, height, False, local_taxonomy, global_, findings)]
+    return findings

@@ -172,111 +172,66 @@ def _simulate_readers(rng, truth, globals_, plan, W, H):
     return readers, sorted(cases)
 
 
-def _generate_vindr(out: Path, n_train, n_test, seed, image_size, bar):
+EDGE_CASES = ("conflict", "near_duplicate", "missed_box", "false_positive", "global_only", "monochrome1", "no_window",
+              "multi_window", "big_endian", "implicit_vr", "rle_lossless")
+# Transfer syntaxes other than the default that count as edge cases.
+_SYNTAX_CASES = {"ExplicitVRBigEndian": "big_endian", "ImplicitVRLittleEndian": "implicit_vr", "RLELossless": "rle_lossless"}
+
+
+def _image_ids(rng, n: int) -> list[str]:
+    """`n` distinct 32-hex-digit image ids."""
+    ids: list[str] = []
+    while len(ids) < n:
+        iid = rng.bytes(16).hex()
+        if iid not in ids:
+            ids.append(iid)
+    return ids
+
+
+def _write_vindr_dicom(out: Path, rel: str, iid: str, spec, img, irng) -> None:
+    """One image as a DICOM with the spec's photometric interpretation, bits, window, rescale and transfer syntax."""
+    stored, lo, hi = _to_stored(irng, img, spec["bits_stored"], spec["photometric"])
+    extra = {"PatientID": iid[:12], "PatientSex": str(irng.choice(["M", "F", "O"], p=[0.5, 0.45, 0.05]))}
+    if irng.random() < 0.7:
+        extra["PatientAge"] = f"{int(irng.integers(18, 90)):03d}Y"
+    _write_dicom(out / rel, stored, uid_key=iid, photometric=spec["photometric"], bits_stored=spec["bits_stored"],
+                 window=spec["window"], rescale=spec["rescale"], ts=spec["transfer_syntax"], lo=lo, hi=hi, rng=irng,
+                 extra=extra)  # fmt: skip
+
+
+def _dicom_edge_cases(spec) -> list[str]:
+    """The DICOM edge cases (keys of `EDGE_CASES`) an image's spec is an example of."""
+    cases = []
+    if spec["photometric"] == "MONOCHROME1":
+        cases.append("monochrome1")
+    if spec["window"] == "none":
+        cases.append("no_window")
+    if spec["window"] == "multi":
+        cases.append("multi_window")
+    if spec["transfer_syntax"] in _SYNTAX_CASES:
+        cases.append(_SYNTAX_CASES[spec["transfer_syntax"]])
+    return cases
+
+
+def _csv_rows(split: str, iid: str, readers) -> tuple[list[list], list[list]]:
+    """The annotation rows (one per box, one `No finding` row per normal reader) and the image-label rows (one per
+    reader) of one image; test rows have no `rad_id`."""
+    annotations, labels = [], []
+    for r in readers:
+        head = [iid, r["rad_id"]] if split == "train" else [iid]
+        if r["no_finding"]:
+            annotations.append(head + [NO_FINDING, "", "", "", ""])
+        for b in r["boxes"]:
+            annotations.append(head + [b["class_name"]] + [_fmt(x) for x in b["box"]])
+        row = [int(c in r["local_labels"]) for c in VINDR_LOCAL_LABELS]
+        row += [int(g in r["global_labels"]) for g in _GLOBAL_DISEASES] + [r["no_finding"]]
+        labels.append(head + row)
+    return annotations, labels
+
+
+def _write_vindr_csvs(out: Path, ann: dict[str, list], lab: dict[str, list]) -> dict[str, str]:
+    """The annotation and image-label CSVs of both splits (the test labels spell `Other disease`); returns their paths."""
     root = out / VINDR_VERSION_DIR
-    images = {}
-    edge = {
-        k: []
-        for k in (
-            "conflict",
-            "near_duplicate",
-            "missed_box",
-            "false_positive",
-            "global_only",
-            "monochrome1",
-            "no_window",
-            "multi_window",
-            "big_endian",
-            "implicit_vr",
-            "rle_lossless",
-        )
-    }
-    ann = {"train": [], "test": []}
-    lab = {"train": [], "test": []}
-    for split, n, code in (("train", n_train, 1), ("test", n_test, 2)):
-        rng = np.random.default_rng([seed, 10, code])
-        ids = []
-        while len(ids) < n:
-            iid = rng.bytes(16).hex()
-            if iid not in ids:
-                ids.append(iid)
-        specs = _dicom_specs(rng, n, image_size, split)
-        plans = _plan_findings(rng, n, split)
-        for i, (iid, spec, plan) in enumerate(zip(ids, specs, plans)):
-            irng = np.random.default_rng([seed, 11, code, i])
-            H, W = spec["rows"], spec["columns"]
-            img, truth = _render_vindr(irng, H, W, plan["classes"], plan["copd"])
-            globals_ = plan["globals"]
-            if split == "train":
-                readers, cases = _simulate_readers(irng, truth, globals_, plan, W, H)
-            else:
-                readers = [_reader_record(None, truth, globals_)]
-                cases = ["global_only"] if plan["special"] == "global_only" else []
-            stored, lo, hi = _to_stored(irng, img, spec["bits_stored"], spec["photometric"])
-            rel = f"{VINDR_VERSION_DIR}/{split}/{iid}.dicom"
-            extra = {"PatientID": iid[:12], "PatientSex": str(irng.choice(["M", "F", "O"], p=[0.5, 0.45, 0.05]))}
-            if irng.random() < 0.7:
-                extra["PatientAge"] = f"{int(irng.integers(18, 90)):03d}Y"
-            _write_dicom(
-                out / rel,
-                stored,
-                uid_key=iid,
-                photometric=spec["photometric"],
-                bits_stored=spec["bits_stored"],
-                window=spec["window"],
-                rescale=spec["rescale"],
-                ts=spec["transfer_syntax"],
-                lo=lo,
-                hi=hi,
-                rng=irng,
-                extra=extra,
-            )
-            for c in cases:
-                edge[c].append(iid)
-            if spec["photometric"] == "MONOCHROME1":
-                edge["monochrome1"].append(iid)
-            if spec["window"] == "none":
-                edge["no_window"].append(iid)
-            if spec["window"] == "multi":
-                edge["multi_window"].append(iid)
-            for ts, key in (
-                ("ExplicitVRBigEndian", "big_endian"),
-                ("ImplicitVRLittleEndian", "implicit_vr"),
-                ("RLELossless", "rle_lossless"),
-            ):
-                if spec["transfer_syntax"] == ts:
-                    edge[key].append(iid)
-            for r in readers:
-                head = [iid, r["rad_id"]] if split == "train" else [iid]
-                if r["no_finding"]:
-                    ann[split].append(head + [NO_FINDING, "", "", "", ""])
-                for b in r["boxes"]:
-                    ann[split].append(head + [b["class_name"]] + [_fmt(x) for x in b["box"]])
-                row = [int(c in r["local_labels"]) for c in VINDR_LOCAL_LABELS]
-                row += [int(g in r["global_labels"]) for g in _GLOBAL_DISEASES] + [r["no_finding"]]
-                lab[split].append(head + row)
-            images[iid] = {
-                "split": split,
-                "path": rel,
-                "rows": H,
-                "columns": W,
-                "dicom": {
-                    "photometric": spec["photometric"],
-                    "bits_stored": spec["bits_stored"],
-                    "window": spec["window"],
-                    "rescale": spec["rescale"],
-                    "transfer_syntax": spec["transfer_syntax"],
-                },
-                "truth": {
-                    "local": [{"class_name": n, "box": b} for n, b in truth],
-                    "global_labels": list(globals_),
-                    "no_finding": int(not truth and not globals_),
-                    "copd_drawn": plan["copd"],
-                },
-                "readers": readers,
-                "edge_cases": cases,
-            }
-            bar.update(1)
     ann_dir = root / "annotations"
     box_cols = ["class_name", "x_min", "y_min", "x_max", "y_max"]
     _write_csv(ann_dir / "annotations_train.csv", ["image_id", "rad_id"] + box_cols, ann["train"])
@@ -290,6 +245,54 @@ def _generate_vindr(out: Path, n_train, n_test, seed, image_size, bar):
     for split, head in (("train", ["image_id", "rad_id"]), ("test", ["image_id"])):
         globals_cols = [OTHER_DISEASE_COLUMN[split] if g == "Other diseases" else g for g in VINDR_GLOBAL_LABELS]
         _write_csv(out / files[f"image_labels_{split}"], head + list(VINDR_LOCAL_LABELS) + globals_cols, lab[split])
+    return files
+
+
+def _generate_vindr(out: Path, n_train, n_test, seed, image_size, bar):
+    """The VinDr-CXR sample under `out`: returns its manifest part and the edge cases it holds."""
+    images = {}
+    edge = {key: [] for key in EDGE_CASES}
+    ann = {"train": [], "test": []}
+    lab = {"train": [], "test": []}
+    for split, n, code in (("train", n_train, 1), ("test", n_test, 2)):
+        rng = np.random.default_rng([seed, 10, code])
+        ids = _image_ids(rng, n)
+        specs = _dicom_specs(rng, n, image_size, split)
+        plans = _plan_findings(rng, n, split)
+        for i, (iid, spec, plan) in enumerate(zip(ids, specs, plans)):
+            irng = np.random.default_rng([seed, 11, code, i])
+            H, W = spec["rows"], spec["columns"]
+            img, truth = _render_vindr(irng, H, W, plan["classes"], plan["copd"])
+            globals_ = plan["globals"]
+            if split == "train":
+                readers, cases = _simulate_readers(irng, truth, globals_, plan, W, H)
+            else:
+                readers = [_reader_record(None, truth, globals_)]
+                cases = ["global_only"] if plan["special"] == "global_only" else []
+            rel = f"{VINDR_VERSION_DIR}/{split}/{iid}.dicom"
+            _write_vindr_dicom(out, rel, iid, spec, img, irng)
+            for case in [*cases, *_dicom_edge_cases(spec)]:
+                edge[case].append(iid)
+            annotations, labels = _csv_rows(split, iid, readers)
+            ann[split] += annotations
+            lab[split] += labels
+            images[iid] = {
+                "split": split,
+                "path": rel,
+                "rows": H,
+                "columns": W,
+                "dicom": {key: spec[key] for key in ("photometric", "bits_stored", "window", "rescale", "transfer_syntax")},
+                "truth": {
+                    "local": [{"class_name": n, "box": b} for n, b in truth],
+                    "global_labels": list(globals_),
+                    "no_finding": int(not truth and not globals_),
+                    "copd_drawn": plan["copd"],
+                },
+                "readers": readers,
+                "edge_cases": cases,
+            }
+            bar.update(1)
+    files = _write_vindr_csvs(out, ann, lab)
     class_counts = Counter(b["class_name"] for im in images.values() for b in im["truth"]["local"])
     counts = {
         "train_images": n_train,
@@ -304,11 +307,6 @@ def _generate_vindr(out: Path, n_train, n_test, seed, image_size, bar):
         },
         "truth_boxes_per_class": {c: class_counts[c] for c in VINDR_LOCAL_LABELS if class_counts[c]},
     }
-    return {
-        "root": VINDR_VERSION_DIR,
-        "files": files,
-        "other_disease_column": dict(OTHER_DISEASE_COLUMN),
-        "classes_used": list(VINDR_USED_CLASSES),
-        "counts": counts,
-        "images": images,
-    }, edge
+    manifest = {"root": VINDR_VERSION_DIR, "files": files, "other_disease_column": dict(OTHER_DISEASE_COLUMN),
+                "classes_used": list(VINDR_USED_CLASSES), "counts": counts, "images": images}  # fmt: skip
+    return manifest, edge

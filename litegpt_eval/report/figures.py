@@ -117,18 +117,15 @@ def make_figures(
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    diag = extras.get("diagnosis", {})
-    if "scores" in diag:
-        p = plot_label_pr_curves(diag["y_true"], diag["scores"], VINDR_GLOBAL_LABELS, fig_dir / "pr_global_labels.png",
-                                 "Global labels: PR curves of label confidences")  # fmt: skip
-        if p:
-            written.append(p)
+    for task, labels, name, kind in (("diagnosis", VINDR_GLOBAL_LABELS, "pr_global_labels.png", "Global"),
+                                     ("grounding", VINDR_LOCAL_LABELS, "pr_local_labels.png", "Local")):  # fmt: skip
+        task_extras = extras.get(task, {})
+        if "scores" in task_extras:
+            p = plot_label_pr_curves(task_extras["y_true"], task_extras["scores"], labels, fig_dir / name,
+                                     f"{kind} labels: PR curves of label confidences")  # fmt: skip
+            if p:
+                written.append(p)
     ground = extras.get("grounding", {})
-    if "scores" in ground:
-        p = plot_label_pr_curves(ground["y_true"], ground["scores"], VINDR_LOCAL_LABELS, fig_dir / "pr_local_labels.png",
-                                 "Local labels: PR curves of label confidences")  # fmt: skip
-        if p:
-            written.append(p)
     for t, detections in ground.get("pr_detections", {}).items():
         p = plot_detection_pr_curves(detections, fig_dir / f"pr_local_detection_iou{t}.png", f"Local labels: detection PR at IoU > {t}")
         if p:

@@ -136,36 +136,45 @@ def score_records(
             out, stats, extra = score_report(task_records, coco_meteor, max_listed)
         metrics["tasks"][task] = out
         extras[task] = extra
-        image_ids = [str(r.get("image_id") or r["id"]) for r in task_records]
-        units = {image: k for k, image in enumerate(dict.fromkeys(image_ids))}
-        if bootstrap and len(units) > 1:
-            values = bootstrap_values(len(units), resamples=bootstrap, seed=seed, progress=progress,
-                                      batch_statistics=stats, cluster_index=[units[i] for i in image_ids])  # fmt: skip
-            # Kept for paired comparisons with another system scored on the same images (baselines).
-            extra["bootstrap"] = {"units": list(units), "values": values}
-            intervals = intervals_from_values(values, bootstrap, seed)
-            for name, interval in intervals.items():
-                path = f"tasks.{task}.{name}"
-                try:
-                    value = lookup(metrics, path)
-                except KeyError:
-                    continue  # a statistic of a value the point estimate does not report (e.g. an undefined AUC)
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value)):
-                    metrics["confidence_intervals"][path] = interval
-            for path in numeric_metric_paths(out, f"tasks.{task}"):
-                if path in metrics["confidence_intervals"]:
-                    continue
-                if path.endswith(".meteor_coco"):
-                    reason = "METEOR 1.5 is a corpus score computed inside the Java program; rerunning it per resample is too slow"
-                else:
-                    reason = "no bootstrap statistic for this value (point estimate only)"
-                metrics["bootstrap"]["not_resampled"][path] = reason
-        elif bootstrap:
-            metrics["bootstrap"]["not_resampled"][f"tasks.{task}"] = f"{len(units)} image(s): nothing to resample"
+        if bootstrap:
+            _add_intervals(metrics, task, task_records, stats, extra, bootstrap, seed, progress)
     if not bootstrap:
         metrics["bootstrap"]["not_resampled"] = {"all": "no intervals requested (--bootstrap 0)"}
     _collect_unavailable(metrics["tasks"], "tasks", metrics["unavailable"])
     return metrics, extras
+
+
+def _add_intervals(
+    metrics: dict[str, Any], task: str, records: list[dict[str, Any]], stats: list, extra: dict[str, Any],
+    resamples: int, seed: int, progress: bool,
+) -> None:  # fmt: skip
+    """The bootstrap intervals of a task's metric values into `metrics["confidence_intervals"]` (images resampled,
+    the records of one image together), and the reason for every value left without one. The per-resample values
+    are kept in `extra["bootstrap"]` for paired comparisons with another system scored on the same images."""
+    image_ids = [str(r.get("image_id") or r["id"]) for r in records]
+    units = {image: k for k, image in enumerate(dict.fromkeys(image_ids))}
+    if len(units) < 2:
+        metrics["bootstrap"]["not_resampled"][f"tasks.{task}"] = f"{len(units)} image(s): nothing to resample"
+        return
+    values = bootstrap_values(len(units), resamples=resamples, seed=seed, progress=progress,
+                              batch_statistics=stats, cluster_index=[units[i] for i in image_ids])  # fmt: skip
+    extra["bootstrap"] = {"units": list(units), "values": values}
+    for name, interval in intervals_from_values(values, resamples, seed).items():
+        path = f"tasks.{task}.{name}"
+        try:
+            value = lookup(metrics, path)
+        except KeyError:
+            continue  # a statistic of a value the point estimate does not report (e.g. an undefined AUC)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value)):
+            metrics["confidence_intervals"][path] = interval
+    for path in numeric_metric_paths(metrics["tasks"][task], f"tasks.{task}"):
+        if path in metrics["confidence_intervals"]:
+            continue
+        if path.endswith(".meteor_coco"):
+            reason = "METEOR 1.5 is a corpus score computed inside the Java program; rerunning it per resample is too slow"
+        else:
+            reason = "no bootstrap statistic for this value (point estimate only)"
+        metrics["bootstrap"]["not_resampled"][path] = reason
 
 
 def lookup(metrics: dict[str, Any], dotted: str) -> Any:
