@@ -18,7 +18,10 @@ Tables 1-5 and Appendix Tables 8 and 11, each computed from the stage the paper 
 numbered), `figures/` (PR curves, box overlays), with --threshold_split `thresholds_<split>/predictions.jsonl` and
 with --baselines `baselines/<name>/{predictions.jsonl,metrics.json,report.md}`. `--dataset` accepts
 `vindr_cxr:grounding|diagnosis`, `mimic_cxr:existence|report` (built with the project's builders from --data_dir), a
-`save_to_disk` folder, or a Parquet / JSON Lines file with the builder's columns.
+`save_to_disk` folder, or a Parquet / JSON Lines file with the builder's columns. A MedKLIP folder as --model
+(`medklip/`, `model_type: medklip`) writes its existence predictions in the same record format through its own
+generation step (`medklip.evaluation.generate_predictions`, plus `figures/medklip_attention_<entity>.png`);
+`python -m litegpt_eval.existence_table` puts systems side by side.
 
 Exit status: 0 when scored; 2 for predictions or data that cannot be scored (the reason is logged); argparse's
 usage error for conflicting options.
@@ -39,6 +42,7 @@ from transformers import HfArgumentParser
 
 from litegpt_eval import evaluate
 from litegpt_eval.arguments import EvalArguments
+from litegpt_eval.evaluation import GenerationStep
 from litegpt_eval.records import PredictionsError
 
 logger = logging.getLogger("eval")
@@ -54,11 +58,20 @@ def parse_arguments(argv: list[str] | None = None) -> EvalArguments:
     return args
 
 
+def generation_step(args: EvalArguments) -> GenerationStep | None:
+    """MedKLIP's generation step for a MedKLIP folder (config `model_type: medklip`); None: LiteGPT's."""
+    if not args.generates:
+        return None  # scoring only: no model, no model library to import
+    from medklip.evaluation import generate_predictions, is_medklip_checkpoint
+
+    return generate_predictions if is_medklip_checkpoint(args.model) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        evaluate(args)
+        evaluate(args, generate=generation_step(args))
     except PredictionsError as err:
         logger.error("%s", err)
         return 2

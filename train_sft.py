@@ -35,6 +35,7 @@ from accelerate import PartialState
 from accelerate.utils import DistributedType
 from trl import SFTConfig, TrlParser
 
+from datasets_scripts.synthetic import VINDR_VERSION_DIR, generate
 from litegpt_eval import EvalArguments, evaluate
 from litegpt_train.arguments import (
     ARGUMENT_GROUPS,
@@ -113,17 +114,18 @@ def check_distribution(state: PartialState) -> None:
 
 # ----------------------------------------------------------------------------------------- demo inputs
 def prepare_offline_inputs(run: RunArguments) -> None:
-    """Demo only: write the synthetic sample and build the SmolLM2 base when they are missing."""
+    """Demo only: write the synthetic sample and build the SmolLM2 base when they are missing (a sample already on
+    disk must have been written with the config's `synthetic_settings`)."""
     data = run.data
-    if data.synthetic_data and data.data_dir and not Path(data.data_dir).exists():
-        from datasets_scripts.synthetic import VINDR_VERSION_DIR, generate
-
-        root = Path(data.data_dir)
-        if not str(root).endswith(VINDR_VERSION_DIR):
-            raise ValueError(f"synthetic_data: data_dir must end with {VINDR_VERSION_DIR}, got {root}")
-        out = Path(str(root)[: -len(VINDR_VERSION_DIR)])
-        logger.info("writing the synthetic sample to %s", out)
-        generate(out, **data.synthetic_settings)
+    if data.synthetic_data and data.data_dir:
+        root = synthetic_sample_root(data.data_dir)
+        if not Path(data.data_dir).exists():
+            if root is None:
+                raise ValueError(f"synthetic_data: data_dir must end with {VINDR_VERSION_DIR}, got {data.data_dir}")
+            logger.info("writing the synthetic sample to %s", root)
+            generate(root, **data.synthetic_settings)
+        elif root is not None:
+            check_synthetic_sample(root, data.synthetic_settings)
     base = Path(run.model.model_name_or_path)
     if run.model.base_preset and not base.exists():
         from litegpt_train.base import build_base_checkpoint
@@ -137,6 +139,30 @@ def prepare_offline_inputs(run: RunArguments) -> None:
             (base / WARMUP_RECORD).write_text(json.dumps(warmup, indent=2) + "\n")
     elif run.model.encoder_warmup_epochs:
         check_base_warmup(run.model, base)
+
+
+def synthetic_sample_root(data_dir: str) -> Path | None:
+    """The folder the synthetic sample is written to for a VinDr-CXR `data_dir` (`<root>/vindr-cxr/1.0.0`); None
+    when `data_dir` does not end that way."""
+    text = str(data_dir)
+    return Path(text[: -len(VINDR_VERSION_DIR)]) if text.endswith(VINDR_VERSION_DIR) else None
+
+
+def check_synthetic_sample(root: Path, settings: dict[str, Any]) -> None:
+    """Refuse a synthetic sample already on disk that was written with other `synthetic_settings` (a demo folder
+    left by an earlier version of the config would otherwise be trained and scored in silence)."""
+    manifest_path = root / "manifest.json"
+    if not manifest_path.exists():
+        return
+    written = json.loads(manifest_path.read_text()).get("params", {})
+    differ = {k: (written.get(k), v) for k, v in settings.items() if written.get(k) != v}
+    if differ:
+        details = ", ".join(f"{k}: {old!r} on disk, {new!r} asked" for k, (old, new) in sorted(differ.items()))
+        raise ValueError(
+            f"the synthetic sample in {root} was written with other settings ({details}). Everything built from it "
+            f"(the dataset cache, a warmed-up base, trained stages) is stale too: delete the run folder or choose "
+            f"another data_dir."
+        )
 
 
 def warm_up_demo_encoders(run: RunArguments, model: Any, processor: Any, record: dict) -> dict[str, str]:
@@ -200,7 +226,7 @@ def evaluate_stage(plan: StagePlan, run: RunArguments) -> Path:
         dtype=evaluation.eval_dtype,
         bootstrap=evaluation.eval_bootstrap,
         baselines=evaluation.eval_baselines,
-        no_label_scores=not evaluation.eval_label_scores,
+        no_label_scores=not evaluation.wants_label_scores(plan.stage),
         no_coco_meteor=not evaluation.eval_coco_meteor,
     ))  # fmt: skip
     return out

@@ -43,7 +43,12 @@ in `counts["empty_splits"]`)
   X-ray? Answer yes or no.`` (entity in lower case), completion ``Yes`` (label 1) / ``No`` (label 0), plus the
   entity, the label and its source, the rules / CheXpert / NegBio labels of that entity and the rules' position
   words. Uncertain (-1) and unmentioned (null) answers are never turned into rows (counted per entity and study in
-  `counts["existence_not_trained"]`; trained answers in `counts["existence_answers"]`).
+  `counts["existence_not_trained"]`; trained answers in `counts["existence_answers"]`). A study without any 1/0
+  answer (a report that mentions none of the entities, or only uncertainly) has no row: it is skipped, counted and
+  listed (`study_without_entity_answer`).
+
+A study without an image of a selected view (with the default `views`, a lateral-only study) has no row in any
+config: it is skipped, counted and listed (`study_without_selected_view`).
 
 Existence values (one convention for rules, CheXpert and NegBio)
 ----------------------------------------------------------------
@@ -79,7 +84,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import datasets
 import numpy as np
@@ -448,7 +453,7 @@ class MIMICCXR(PreparationLogMixin, datasets.GeneratorBasedBuilder):
 
     VERSION = datasets.Version("1.0.0")
     BUILDER_CONFIG_CLASS = MIMICCXRConfig
-    BUILDER_CONFIGS = [
+    BUILDER_CONFIGS: ClassVar[list[MIMICCXRConfig]] = [
         MIMICCXRConfig(name="raw", version=VERSION,
                        description="Images' metadata, reports, sections, CheXpert/NegBio and rules labels."),
         MIMICCXRConfig(name="report", version=VERSION, description="Findings (else impression) generation."),

@@ -259,6 +259,7 @@ def _new_counts(config: MIMICCXRConfig, inputs: MimicInputs) -> dict[str, Any]:
     if config.name == "existence":
         counts["existence_answers"] = {e: {"Yes": 0, "No": 0} for e in config.entities}
         counts["existence_not_trained"] = {e: {"uncertain": 0, "not_mentioned": 0} for e in config.entities}
+        counts["studies_without_entity_answer"] = 0
     return counts
 
 
@@ -295,14 +296,20 @@ def _plan_studies(config: MIMICCXRConfig, inputs: MimicInputs, by_study, counts,
                 kept = kept[:1]
             if not kept:
                 counts["studies_without_selected_image"] += 1
+                views_found = ", ".join(sorted({im.view or "<empty>" for im in study_images}))
+                skips.skip(f"study {study_id} (subject {subject_id}): no image with a view in {list(config.views)} "
+                           f"(views: {views_found})", "study_without_selected_view")  # fmt: skip
                 continue
             counts["studies_selected"] += 1
             report = _read_study_report(config, reports, subject_id, study_id, counts, skips)
             if report is None:
                 continue
-            text, sections = report
+            text, sections, where = report
             triplets, sources = _study_labels(config, inputs, subject_id, study_id, sections, counts, agreement_pairs)
             study_rows = _study_rows(config, inputs, kept, text, sections, triplets, sources, counts)
+            if config.name == "existence" and not any(study_rows.values()):
+                _skip_unanswered_study(config, sources, f"study {study_id} (subject {subject_id}, report {where})",
+                                       counts, skips)  # fmt: skip
             if any(study_rows.values()):
                 counts["studies_in_rows"] += 1
             for im in kept:
@@ -322,8 +329,9 @@ def _plan_studies(config: MIMICCXRConfig, inputs: MimicInputs, by_study, counts,
 
 
 def _read_study_report(config: MIMICCXRConfig, reports: ReportStore, subject_id: str, study_id: str, counts, skips):
-    """`(text, sections)` of the study's report (`(None, None)` when missing and the config does not need it), or
-    None when the study is dropped for its report (`on_bad_report="skip"`; `"raise"` raises)."""
+    """`(text, sections, where)` of the study's report (`where`: its path; text and sections None when it is missing
+    and the config does not need it), or None when the study is dropped for its report (`on_bad_report="skip"`;
+    `"raise"` raises)."""
     text, where = reports.read(subject_id, study_id)
     sections = parse_sections(text) if text is not None else None
     problem = None
@@ -341,7 +349,7 @@ def _read_study_report(config: MIMICCXRConfig, reports: ReportStore, subject_id:
         skips.skip(problem[1], problem[0])
         counts["studies_dropped_report"] += 1
         return None
-    return text, sections
+    return text, sections, where
 
 
 def _study_labels(config: MIMICCXRConfig, inputs: MimicInputs, subject_id, study_id, sections, counts, agreement_pairs):
@@ -393,6 +401,16 @@ def _study_rows(config: MIMICCXRConfig, inputs: MimicInputs, kept, text, section
         return {im.dicom_id: [{**_ids(im), **row}] for im in kept}
     entity_rows = _existence_rows(config, triplets, sources, counts)
     return {im.dicom_id: [{**_ids(im), **row} for row in entity_rows] for im in kept}
+
+
+def _skip_unanswered_study(config: MIMICCXRConfig, sources: dict[str, Any], study: str, counts, skips: SkipLog) -> None:
+    """An existence study without any 1/0 answer from `label_source` (a report that mentions none of the entities, or
+    only uncertainly): counted and listed with what its answers were."""
+    counts["studies_without_entity_answer"] += 1
+    unknown = Counter("uncertain" if source_label(sources, config.label_source, e) == UNCERTAIN else "not mentioned"
+                      for e in config.entities)  # fmt: skip
+    skips.skip(f"{study}: no {config.label_source} answer 1/0 for any of {list(config.entities)} "
+               f"({dict(sorted(unknown.items()))})", "study_without_entity_answer")  # fmt: skip
 
 
 def _existence_rows(config: MIMICCXRConfig, triplets, sources, counts) -> list[dict[str, Any]]:

@@ -23,8 +23,11 @@ class EvalArguments:
     out: str = field(metadata={"help": "output folder"})
 
     # ---------------------------------------------------------------- input
-    model: str | None = field(default=None, metadata={"help": "model folder or Hub id (AutoModelForImageTextToText, "
-                                                              "trust_remote_code); generation mode"})  # fmt: skip
+    model: str | None = field(
+        default=None,
+        metadata={"help": "model folder or Hub id (AutoModelForImageTextToText, trust_remote_code); generation mode. "
+                          "A MedKLIP folder (model_type medklip) is scored on mimic_cxr:existence"},
+    )
     revision: str | None = field(default=None, metadata={"help": "model revision to pin (Hub)"})
     dataset: str | None = field(
         default=None,

@@ -13,7 +13,8 @@ them like the model's predictions (same protocols, same parsing, same bootstrap)
   baseline). Ties go to the canonical label order. Stage-1 boxes: each label gets its **mean training box** -
   the mean of the normalised `(x1/W, y1/H, x2/W, y2/H)` of all training boxes of that label - scaled to the test
   image's size and written on the 0-100 grid by the codec. MIMIC existence: per entity the majority training
-  answer; MIMIC report: the most frequent training report text.
+  answer; MIMIC report: the most frequent training report text. Existence baselines also carry a constant P(Yes)
+  per entity (`no_finding` 0, `most_frequent` the training prevalence), so that their AUC is defined: 0.5 per entity.
 * `oracle_labels_mean_box` - **not a trivial baseline**: an informational upper reference for position-agnostic
   localisation. Stage 1 only: the true local labels of the test image, each with its mean training box (a label
   without training boxes gets the mean of all training boxes); a normal test image gets "No finding", an abnormal
@@ -94,6 +95,7 @@ class TrainingStatistics:
     box_counts: dict[str, int] = field(default_factory=dict)
     all_boxes_mean: tuple[float, float, float, float] | None = None
     existence_majority: dict[str, int] = field(default_factory=dict)
+    existence_prevalence: dict[str, float] = field(default_factory=dict)
     existence_overall: int | None = None
     existence_rows: int = 0
     report_text: str | None = None
@@ -132,6 +134,7 @@ class TrainingStatistics:
             "mean_box_all_labels": list(self.all_boxes_mean) if self.all_boxes_mean else None,
             "existence_rows": self.existence_rows,
             "existence_majority": dict(self.existence_majority),
+            "existence_prevalence": dict(self.existence_prevalence),
             "report_rows": self.report_rows,
         }
 
@@ -201,6 +204,7 @@ def fit_training_statistics(train_rows: Iterable[Mapping[str, Any]]) -> Training
     total = Counter()
     for entity, counts in existence.items():
         stats.existence_majority[entity] = 1 if counts[1] > counts[0] else 0  # a tie answers No
+        stats.existence_prevalence[entity] = counts[1] / (counts[0] + counts[1])
         total.update(counts)
     if total:
         stats.existence_overall = 1 if total[1] > total[0] else 0
@@ -264,6 +268,20 @@ def baseline_answer(name: str, record: Mapping[str, Any], stats: TrainingStatist
     return None
 
 
+def baseline_existence_score(name: str, record: Mapping[str, Any], stats: TrainingStatistics) -> float | None:
+    """P(Yes) of an existence baseline, so that its AUC is defined (a constant per entity: AUC 0.5 by construction):
+    `no_finding` 0; `most_frequent` the entity's training prevalence. None for other tasks."""
+    if record["task"] != "existence":
+        return None
+    if name == "no_finding":
+        return 0.0
+    entity = str((record.get("reference") or {}).get("entity"))
+    if name == "most_frequent" and stats.existence_rows:
+        overall = stats.existence_overall if stats.existence_overall is not None else 0
+        return stats.existence_prevalence.get(entity, float(overall))
+    return None
+
+
 def build_baseline_records(
     name: str, test_references: Iterable[Mapping[str, Any]], stats: TrainingStatistics
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -277,8 +295,12 @@ def build_baseline_records(
         if text is None:
             undefined[ref["task"]] += 1
             continue
-        records.append({"id": str(ref["id"]), "image_id": str(ref.get("image_id") or ref["id"]), "task": ref["task"],
-                        "text": text, "reference": ref["reference"], "baseline": name})  # fmt: skip
+        record = {"id": str(ref["id"]), "image_id": str(ref.get("image_id") or ref["id"]), "task": ref["task"],
+                  "text": text, "reference": ref["reference"], "baseline": name}  # fmt: skip
+        score = baseline_existence_score(name, ref, stats)
+        if score is not None:
+            record["scores"] = {"yes": score}
+        records.append(record)
     return records, dict(undefined)
 
 
@@ -424,6 +446,7 @@ __all__ = [
     "TABLE_KEYS",
     "TrainingStatistics",
     "baseline_answer",
+    "baseline_existence_score",
     "baselines_json",
     "build_baseline_records",
     "fit_training_statistics",

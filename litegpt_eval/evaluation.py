@@ -4,7 +4,9 @@ The library call behind `eval.py` and the evaluation after each stage of `train_
 
 1. `generate_predictions` (generation mode): the dataset's rows, the model's answers written to
    `predictions.jsonl` as they come (a rerun resumes), one file per `--paper_decoding` seed, and, with
-   `threshold_split`, the validation predictions the thresholds are chosen on;
+   `threshold_split`, the validation predictions the thresholds are chosen on. Another model family brings its own
+   step (`evaluate(args, generate=...)`; MedKLIP's is `medklip.evaluation.generate_predictions`), writing the same
+   prediction records;
 2. `score_predictions`: the metrics of one predictions file (`litegpt_eval.scoring`), the trivial baselines beside
    them, `metrics.json`, `report.md` and figures;
 3. with `paper_decoding`, `summarize_seeds`: mean and standard deviation of the headline numbers over the seeds.
@@ -21,6 +23,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +67,10 @@ class Generated:
     manifest: dict[str, Any]
     images: dict[str, Any] = field(default_factory=dict)
     thresholds_from: str | None = None
+
+
+# A generation step: `(arguments, output folder) -> Generated`, prediction files written in the record format.
+GenerationStep = Callable[[EvalArguments, Path], Generated]
 
 
 @dataclass
@@ -280,14 +287,15 @@ def summarize_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
 # ======================================================================================= the whole evaluation
 
 
-def evaluate(args: EvalArguments) -> EvalResult:
-    """Generate (generation mode) and score; raises `PredictionsError` for predictions or data that cannot be scored."""
+def evaluate(args: EvalArguments, generate: GenerationStep | None = None) -> EvalResult:
+    """Generate (generation mode) and score; raises `PredictionsError` for predictions or data that cannot be scored.
+    `generate`: the generation step of the model's family (default: LiteGPT's `generate_predictions`)."""
     out_dir = Path(args.out)
     if not args.generates:
         metrics, _ = score_predictions(Path(args.predictions), out_dir, args, base_manifest(args),
                                        thresholds_from=args.thresholds_from)  # fmt: skip
         return _finished(EvalResult(metrics, [out_dir]))
-    generated = generate_predictions(args, out_dir)
+    generated = (generate or generate_predictions)(args, out_dir)
     if not args.paper_decoding:
         metrics, _ = score_predictions(generated.prediction_files[0], out_dir, args, generated.manifest, generated.images,
                                        thresholds_from=generated.thresholds_from)  # fmt: skip
@@ -315,6 +323,7 @@ __all__ = [
     "HEADLINE_KEYS",
     "EvalResult",
     "Generated",
+    "GenerationStep",
     "base_manifest",
     "baselines_entry",
     "evaluate",

@@ -173,7 +173,8 @@ class StageArguments:
             if stage not in STAGE_SOURCES:
                 raise ValueError(f"stage_overrides: unknown stage {stage!r}; choices: {sorted(STAGE_SOURCES)}")
             if not isinstance(overrides, dict):
-                raise ValueError(f"stage_overrides[{stage!r}] must be a mapping of SFTConfig fields")
+                # a configuration error like every other here (what TrlParser reports), not a TypeError
+                raise ValueError(f"stage_overrides[{stage!r}] must be a mapping of SFTConfig fields")  # noqa: TRY004
             if "output_dir" in overrides:
                 raise ValueError("stage_overrides cannot move output_dir: stage outputs are <output_dir>/<stage>")
 
@@ -305,6 +306,11 @@ class EvalAfterTrainingArguments:
         metadata={"help": "teacher-forced label probabilities for the label AUCs (about 2.5x the generation time of "
                   "grounding answers; eval.py --no_label_scores when false)"},
     )
+    eval_label_score_stages: list[str] | None = field(
+        default=None,
+        metadata={"help": "stages whose eval computes the label probabilities when eval_label_scores is on (default: "
+                  "every stage); e.g. [grounding] keeps stage 1's local-label AUCs and skips stage 2's"},
+    )
     eval_coco_meteor: bool = field(
         default=True,
         metadata={"help": "the Java METEOR 1.5 variant of the text metrics (about 10 s per scored answer set, for the "
@@ -314,6 +320,12 @@ class EvalAfterTrainingArguments:
     def __post_init__(self):
         if self.eval_dtype not in DTYPE_CHOICES:
             raise ValueError(f"eval_dtype must be one of {DTYPE_CHOICES}, got {self.eval_dtype!r}")
+
+    def wants_label_scores(self, stage: str) -> bool:
+        """Whether `stage`'s eval computes the teacher-forced label probabilities (`eval_label_scores`, restricted to
+        `eval_label_score_stages` when that is set)."""
+        chosen = self.eval_label_score_stages
+        return bool(self.eval_label_scores) and (chosen is None or stage in chosen)
 
 
 ARGUMENT_GROUPS = (LiteGPTModelConfig, StageArguments, DataArguments, OptimisationArguments, EvalAfterTrainingArguments)
@@ -349,6 +361,11 @@ def check_run(run: RunArguments) -> None:
         unknown = sorted(set(overrides) - sft_fields)
         if unknown:
             raise ValueError(f"stage_overrides[{stage!r}]: {unknown} are not SFTConfig fields")
+    for stage in run.evaluation.eval_label_score_stages or []:
+        if stage not in stages.stage_list:
+            raise ValueError(
+                f"eval_label_score_stages names stage {stage!r}, which is not trained in this run ({stages.stage_list})"
+            )
     if opt.projector_alignment_steps and stages.init_from:
         raise ValueError(
             "projector_alignment_steps applies to a stage that starts from a fresh projector; init_from "
@@ -405,7 +422,7 @@ def resolve_adapter_config(adapter: str, what: str = "adapter", revision: str | 
         from huggingface_hub import hf_hub_download
 
         return json.loads(Path(hf_hub_download(adapter, "adapter_config.json", revision=revision)).read_text())
-    except Exception as err:  # offline, missing repo, no access: all mean "cannot start from it"
+    except Exception as err:  # noqa: BLE001 - offline, missing repo, no access: all mean "cannot start from it"
         raise FileNotFoundError(
             f"{what} {adapter}: not a local folder, and its adapter_config.json could not be fetched from the Hub "
             f"({type(err).__name__}: {err})"
@@ -421,7 +438,7 @@ def _as_dict(name: str, value: Any) -> dict[str, Any]:
         except json.JSONDecodeError as err:
             raise ValueError(f"--{name} must be a JSON object, got {value!r}: {err}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{name} must be a mapping, got {type(value).__name__}")
+        raise ValueError(f"{name} must be a mapping, got {type(value).__name__}")  # noqa: TRY004 (a config error)
     return dict(value)
 
 

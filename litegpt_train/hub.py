@@ -71,11 +71,18 @@ def upload_file_set(stage_dir: str | Path) -> list[str]:
     and the processor's remote code. Raises naming what is missing (a required file, an imported sibling)."""
     stage_dir = Path(stage_dir)
     code = remote_code_files(stage_dir, [PROCESSOR_CODE]) if (stage_dir / PROCESSOR_CODE).is_file() else []
-    missing = missing_files(stage_dir, [*REQUIRED_FILES, *code])
+    return select_file_set(stage_dir, (*REQUIRED_FILES, *code), OPTIONAL_FILES, "a finished stage")
+
+
+def select_file_set(folder: str | Path, required: Iterable[str], optional: Iterable[str], what: str) -> list[str]:
+    """The `required` files (all must exist, else an error saying `folder` is not `what` and naming the missing ones)
+    and the `optional` ones that exist, as sorted relative paths (LiteGPT's stages and MedKLIP's runs)."""
+    required = list(required)
+    missing = missing_files(folder, required)
     if missing:
-        raise FileNotFoundError(f"{stage_dir} is not a finished stage: missing {missing}")
-    optional = [name for name in OPTIONAL_FILES if (stage_dir / name).is_file()]
-    return sorted([*REQUIRED_FILES, *code, *optional])
+        raise FileNotFoundError(f"{folder} is not {what}: missing {missing}")
+    present = [name for name in optional if (Path(folder) / name).is_file()]
+    return sorted({*required, *present})
 
 
 def staged_upload_folder(stage_dir: str | Path, hub_base_model_id: str, out_dir: str | Path) -> list[str]:
@@ -240,6 +247,7 @@ __all__ = [
     "missing_files",
     "push_stage",
     "remote_code_files",
+    "select_file_set",
     "staged_upload_folder",
     "upload_file_set",
     "upload_staged_copy",

@@ -12,13 +12,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "litegpt_eval" / "README.md"]
 # Folders of the repository whose paths the documents may name (run-time folders such as runs/ are not checked).
-TRACKED_FOLDERS = ("bench", "configs", "datasets_scripts", "docs", "litegpt_eval", "litegpt_train", "scripts", "tests")
-ROOT_FILES = ("app.py", "eval.py", "train_sft.py", "pyproject.toml", "README.md", "configuration_litegpt.py",
+TRACKED_FOLDERS = ("bench", "configs", "datasets_scripts", "docs", "litegpt_eval", "litegpt_train", "medklip", "scripts",
+                   "tests")
+ROOT_FILES = ("app.py", "eval.py", "train_sft.py", "train_medklip.py", "pyproject.toml", "README.md", "configuration_litegpt.py",
               "modeling_litegpt.py", "processing_litegpt.py", "codec_litegpt.py", "image_processing_litegpt.py")
 
 
 def tracked_files() -> list[Path]:
-    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True)
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True, check=False)
     if listed.returncode != 0:
         pytest.skip(f"not a git checkout: {listed.stderr.strip()}")
     return [ROOT / name for name in listed.stdout.splitlines()]
@@ -70,6 +71,9 @@ def test_shipped_files_name_no_repository_document():
     """A checkpoint's remote code is read on the Hub, where the repository's docs/ folder is absent."""
     from litegpt_train.hub import remote_code_files
 
-    for name in remote_code_files(ROOT, ["modeling_litegpt.py", "processing_litegpt.py"]):
-        text = (ROOT / name).read_text()
-        assert "docs/" not in text and "DESIGN" not in text, name
+    shipped = [ROOT / name for name in remote_code_files(ROOT, ["modeling_litegpt.py", "processing_litegpt.py"])]
+    shipped += [ROOT / "medklip" / name for name in remote_code_files(ROOT / "medklip", ["modeling_medklip.py"])]
+    assert len(shipped) >= 7
+    for path in shipped:
+        text = path.read_text()
+        assert "docs/" not in text and "DESIGN" not in text, path.name

@@ -7,7 +7,14 @@ import json
 import pytest
 
 import eval as eval_cli
-from litegpt_eval.baselines import baseline_answer, fit_training_statistics, headline_table, score_baselines
+from litegpt_eval.baselines import (
+    baseline_answer,
+    baseline_existence_score,
+    build_baseline_records,
+    fit_training_statistics,
+    headline_table,
+    score_baselines,
+)
 from litegpt_eval.records import PredictionsError
 from litegpt_eval.scoring import score_records
 from processing_litegpt import LOCAL_PREFIX, format_diagnosis_answer, format_grounding_answer
@@ -59,6 +66,14 @@ def test_round_half_up_median_and_existence_majority():
     record = {"task": "existence", "reference": {"entity": "effusion", "label": 0}}
     assert baseline_answer("most_frequent", record, ex) == "Yes" and baseline_answer("no_finding", record, ex) == "No"
     assert baseline_answer("oracle_labels_mean_box", record, ex) is None
+    # constant confidences per entity: the training prevalence (2 of 3), 0 for no_finding
+    assert baseline_existence_score("most_frequent", record, ex) == pytest.approx(2 / 3)
+    assert baseline_existence_score("no_finding", record, ex) == 0.0
+    records, _ = build_baseline_records("most_frequent", [{"id": "a:effusion", "task": "existence", **record},
+                                                          {"id": "b:effusion", "task": "existence", "reference":
+                                                           {"entity": "effusion", "label": 1}}], ex)
+    metrics, _ = score_records(records, bootstrap=0)
+    assert metrics["tasks"]["existence"]["entities"]["effusion"]["auc"] == 0.5  # a constant score ranks nothing
 
 
 def test_reference(rid, width, height, boxes, global_labels):

@@ -106,6 +106,26 @@ def cell(value):
     return None if value is None else int(value)
 
 
+def expected_skip_reasons(manifest, config_name, source="rules"):
+    """{reason: count} of the studies the builder must skip and list on the intact sample: studies without a
+    frontal image (every config) and, for existence, studies without any 1/0 answer."""
+    reasons = Counter()
+    for study in studies(manifest):
+        if not frontal_images(study):
+            reasons["study_without_selected_view"] += 1
+            continue
+        if config_name == "existence":
+            labels = expected_rules(study) if source == "rules" else {
+                e: cell(study[source][ENTITY_CHEXPERT_COLUMN[e]]) for e in ENTITIES}
+            if not any(labels[e] in (0, 1) for e in ENTITIES):
+                reasons["study_without_entity_answer"] += 1
+    return dict(reasons)
+
+
+def skip_reasons(skipped):
+    return {k: v for k, v in skipped.items() if k != "items"}
+
+
 def stored(messages):
     """Messages as Arrow returns them: every content block has both `type` and `text` (None when absent)."""
     return [{**m, "content": [{"type": b["type"], "text": b.get("text")} for b in m["content"]]} for m in messages]
@@ -118,14 +138,20 @@ def rows_of(dataset_dict):
 # ======================================================================================= configs
 
 
-def test_splits_and_features(built):
+def test_splits_and_features(built, synth):
+    _, manifest = synth
     for name, (builder, ds) in built.items():
         assert list(ds) == ["train", "validation", "test"], name
         if name == "raw":
             assert "images" not in ds["train"].features
         else:
             assert ds["train"].features["images"] == List(ImageFeature())
-        assert builder.skipped == {"items": []}, name
+        # nothing is dropped silently: the lateral-only study is skipped and named in every config
+        assert skip_reasons(builder.skipped) == expected_skip_reasons(manifest, name), name
+        assert expected_skip_reasons(manifest, name)["study_without_selected_view"] >= 1
+        for entry in builder.skipped["items"]:
+            if entry["reason"] == "study_without_selected_view":
+                assert "(views: LATERAL)" in entry["item"] or "(views: LL)" in entry["item"]
         assert builder.settings["views"] == ["PA", "AP"]
 
 
@@ -361,7 +387,8 @@ def test_cli_builds_and_exports(synth, cache, tmp_path):
     assert "config_name: existence" in card and '"label_source": "negbio"' in card
     reloaded = load_dataset(str(out), "existence")
     assert set(reloaded["train"]["label_source"]) == {"negbio"}
-    assert json.loads((out / "skipped.json").read_text()) == {"existence": {"items": []}}
+    exported = json.loads((out / "skipped.json").read_text())["existence"]
+    assert skip_reasons(exported) == expected_skip_reasons(synth[1], "existence", "negbio")
 
 
 # ======================================================================================= bad input
@@ -417,8 +444,8 @@ def test_bad_input_is_skipped_counted_and_listed(damaged, built, tmp_path):
     root, _, chosen, paths = damaged
     builder, ds = build(root, tmp_path / "cache_skip", "report", on_bad_image="skip", on_bad_report="skip")
     skipped = builder.skipped
-    assert {k: v for k, v in skipped.items() if k != "items"} == {
-        "image_missing": 1, "image_unreadable": 1, "report_without_sections": 1
+    assert skip_reasons(skipped) == {
+        "image_missing": 1, "image_unreadable": 1, "report_without_sections": 1, "study_without_selected_view": 1
     }
     items = {entry["reason"]: entry["item"] for entry in skipped["items"]}
     assert str(paths["corrupt"]) in items["image_unreadable"]
@@ -438,7 +465,8 @@ def test_bad_input_is_skipped_counted_and_listed(damaged, built, tmp_path):
     assert again.skipped == skipped
     # raw does not need the text: the study stays, counted
     raw, raw_ds = build(root, tmp_path / "cache_skip", "raw")
-    assert raw.counts["reports_without_sections"] == 1 and raw.skipped == {"items": []}
+    assert raw.counts["reports_without_sections"] == 1
+    assert skip_reasons(raw.skipped) == {"study_without_selected_view": 1}
     row = next(r for rows in rows_of(raw_ds).values() for r in rows if r["study_id"] == chosen[2]["study_id"])
     assert row["findings"] is None and row["impression"] is None and row["report"] == "Normal chest radiograph.\n"
 
@@ -451,7 +479,8 @@ def test_missing_report_and_missing_csv(synth, tmp_path):
     (out / study["report"]).unlink()
     builder, ds = build(out, tmp_path / "cache", "report", include_image=False)
     assert builder.skipped["report_missing"] == 1
-    assert str(out / study["report"]) in builder.skipped["items"][0]["item"]
+    missing = [e["item"] for e in builder.skipped["items"] if e["reason"] == "report_missing"]
+    assert str(out / study["report"]) in missing[0]
     assert study["study_id"] not in {r["study_id"] for rows in rows_of(ds).values() for r in rows}
     (out / manifest["mimic"]["files"]["split"]).unlink()
     with pytest.raises(FileNotFoundError, match="mimic-cxr-2.0.0-split"):
@@ -502,3 +531,24 @@ def test_a_split_emptied_by_skipped_images_is_left_out_and_listed(synth, tmp_pat
                      on_bad_image="skip", on_bad_report="skip")
     again.download_and_prepare()
     assert list(again.as_dataset()) == ["train", "test"] and again.counts["empty_splits"] == ["validation"]
+
+
+def test_existence_study_without_any_answer_is_skipped_and_named(synth, tmp_path):
+    """A report that mentions none of the entities, and one that mentions one only uncertainly: no existence row,
+    each study skipped with its report named and what its answers were."""
+    root, manifest = synth
+    out = tmp_path / "no_answers"
+    shutil.copytree(root, out)
+    chosen = [s for s in studies(manifest) if frontal_images(s) and s["report_variant"] == "full"][:2]
+    texts = ["FINDINGS: The lungs are well expanded. The osseous structures are intact.\n",
+             "FINDINGS: Possible small left effusion. Nothing else.\n"]
+    for study, text in zip(chosen, texts):
+        (out / study["report"]).write_text("\n" + " " + text.replace("FINDINGS:", "FINDINGS: ") + "\n", encoding="utf-8")
+    builder, ds = build(out, tmp_path / "cache", "existence", include_image=False)
+    items = {e["item"]: e["reason"] for e in builder.skipped["items"] if e["reason"] == "study_without_entity_answer"}
+    for study, unknown in zip(chosen, ({"not mentioned": 6}, {"not mentioned": 5, "uncertain": 1})):
+        named = [item for item in items if f"study {study['study_id']} " in item]
+        assert len(named) == 1, items
+        assert str(out / study["report"]) in named[0] and str(unknown) in named[0]
+        assert study["study_id"] not in {r["study_id"] for rows in rows_of(ds).values() for r in rows}
+    assert builder.counts["studies_without_entity_answer"] == len(items) >= 2

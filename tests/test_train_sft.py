@@ -1019,3 +1019,48 @@ def test_eval_after_training_passes_the_stage_and_eval_settings_to_the_evaluatio
     assert args.no_label_scores is (not label_scores)
     assert args.no_coco_meteor is (not coco_meteor)
     assert args.baselines
+
+def test_label_scores_can_be_kept_to_some_stages(reference_run, monkeypatch):
+    """eval_label_score_stages: [grounding] keeps stage 1's label probabilities and drops stage 2's; a stage the run
+    does not train is refused before anything runs."""
+    calls: list[EvalArguments] = []
+    monkeypatch.setattr(train_sft, "evaluate", calls.append)
+    argv = ["--config", str(reference_run["config"]), "--eval_label_score_stages", "grounding"]
+    run = train_sft.parse_arguments(argv)
+    plans = {p.stage: p for p in plan_stages(run.stages, dataclasses.replace(run.sft, resume_from_checkpoint="latest"))}
+    for stage in ("grounding", "diagnosis"):
+        train_sft.evaluate_stage(plans[stage], run)
+    grounding_args, diagnosis_args = calls
+    assert grounding_args.no_label_scores is False and diagnosis_args.no_label_scores is True
+    with pytest.raises(ValueError, match="eval_label_score_stages names stage 'diagnosis'"):
+        train_sft.parse_arguments(argv[:2] + ["--stages", "grounding", "--eval_label_score_stages", "diagnosis"])
+
+
+def test_a_synthetic_sample_written_with_other_settings_is_refused(tmp_path):
+    """A demo folder left by an earlier config (say 300/40 images) must not be trained on in silence when the config
+    now asks for another sample; the same settings reuse it."""
+    from datasets_scripts.synthetic import VINDR_VERSION_DIR, generate
+    from litegpt_train.arguments import (
+        DataArguments,
+        EvalAfterTrainingArguments,
+        LiteGPTModelConfig,
+        OptimisationArguments,
+        RunArguments,
+        StageArguments,
+    )
+
+    settings = {"n_train": 4, "n_test": 2, "mimic_studies": 2, "seed": 0, "image_size": 64}
+    generate(tmp_path / "data", **settings)
+    base = tmp_path / "base"
+    base.mkdir()
+
+    def prepare(**changed):
+        data = DataArguments(synthetic_data=True, data_dir=str(tmp_path / "data" / VINDR_VERSION_DIR),
+                             synthetic_settings={**settings, **changed})  # fmt: skip
+        run = RunArguments(LiteGPTModelConfig(model_name_or_path=str(base)), StageArguments(), data,
+                           OptimisationArguments(), EvalAfterTrainingArguments(), sft=None)  # fmt: skip
+        train_sft.prepare_offline_inputs(run)
+
+    prepare()
+    with pytest.raises(ValueError, match=r"n_test: 2 on disk, 3 asked.*delete the run folder"):
+        prepare(n_test=3)
