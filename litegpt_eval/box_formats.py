@@ -35,6 +35,7 @@ from codec_litegpt import (
     box_to_grid,
     canonical_label,
     format_grounding_phrase,
+    grid_to_box,
     grounding_answer_text,
     parse_grounding_answer,
 )
@@ -72,7 +73,7 @@ def from_pixels(box: Sequence[float], width: float, height: float) -> tuple[floa
 def parse_litegpt(text: str, width: float, height: float, label: str | None = None) -> list[PeerBox]:
     """Boxes of a LiteGPT answer, through the strict parser (failures are not boxes)."""
     parsed = parse_grounding_answer(text, width, height)
-    return [PeerBox(f.label, tuple(g / 100.0 for g in f.grid_box)) for f in parsed.findings]
+    return [PeerBox(f.label, tuple(grid_to_box(f.grid_box, 1.0, 1.0))) for f in parsed.findings]
 
 
 def format_litegpt(boxes: Sequence[PeerBox], width: float = 1.0, height: float = 1.0) -> str:
@@ -134,7 +135,7 @@ def parse_chexagent(text: str, width: float, height: float, label: str | None = 
     for m in _CHEXAGENT_RE.finditer(text or ""):
         name = m.group(1).strip() or label
         for b in _CHEXAGENT_BOX_RE.finditer(m.group(2)):
-            out.append(PeerBox(name, tuple(int(v) / 100.0 for v in b.groups())))
+            out.append(PeerBox(name, tuple(grid_to_box([int(v) for v in b.groups()], 1.0, 1.0))))  # the same 0-100 grid
     return out
 
 

@@ -407,7 +407,9 @@ def test_space_folder_runs_app_py_unchanged_on_a_hub_model(taught, client, tmp_p
                OMP_NUM_THREADS="1")  # fmt: skip
     log = (tmp_path / "app.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-I", "app.py"], cwd=space, env=env, stdout=log, stderr=subprocess.STDOUT
+        # As a Space starts it: the folder itself first on sys.path (`-I` would leave it out and let the installed
+        # package answer the imports), no PYTHON* variables (-E), no user site (-s).
+        [sys.executable, "-E", "-s", "app.py"], cwd=space, env=env, stdout=log, stderr=subprocess.STDOUT
     )
     try:
         for _ in range(240):  # up to 2 minutes to load the model, write the examples and start serving

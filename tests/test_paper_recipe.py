@@ -86,7 +86,7 @@ def test_paper_schedule_is_a_constant_learning_rate_over_10980_steps(tmp_path):
 
 
 def test_released_code_schedule_at_chosen_steps(tmp_path):
-    _, args = parse_recipe(tmp_path, "--lr_schedule", "released_code")
+    args = parse_recipe(tmp_path, "--lr_schedule", "released_code").sft
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
     scheduler = minigptv2_scheduler(optimizer, "released_code", args.get_warmup_steps(args.max_steps), args.max_steps)
     rates = learning_rates(optimizer, scheduler, args.max_steps)

@@ -742,7 +742,8 @@ def test_released_code_schedule_and_the_papers_data_settings_in_a_run(make_confi
     (source,) = record["data"]
     assert source["settings"]["stage1_images"] == "with_boxes" and set(source["rows"]) == {"train", "test"}
     assert 0 < source["rows"]["train"] < 24  # the synthetic sample's 24 training images include normal ones
-    assert json.loads((out / "grounding" / "processor_config.json").read_text())["windowing"] == "paper_appendix"
+    saved_processor = json.loads((out / "grounding" / "processor_config.json").read_text())
+    assert saved_processor["image_processor"]["windowing"] == "paper_appendix"  # the image processor holds it
 
 
 def test_projector_alignment_steps_train_the_projector_alone_then_lora_joins(make_config, tmp_path, base_dir):
