@@ -112,7 +112,8 @@ class SkipLog:
 
 
 class PreparationLogMixin:
-    """Read-back of a builder's preprocessing log (settings, counts, skips), shared by the builders.
+    """What the builders share around `datasets`' preparation: input errors surfaced from it, and the preprocessing
+    log (settings, counts, skips) written and read back.
 
     The builder writes the log as `preprocessing_log_name` into its prepared cache folder, so the numbers are still
     there when `download_and_prepare` reuses the cache. Expects `self.config.settings()`, `self._output_dir` and a
@@ -120,6 +121,28 @@ class PreparationLogMixin:
     """
 
     preprocessing_log_name: str = "preprocessing.json"
+    # The builder's input errors (their messages name the file): a failed preparation re-raises the first of its
+    # cause chain instead of datasets' generic wrapper.
+    input_errors: tuple[type[Exception], ...] = (FileNotFoundError,)
+
+    def download_and_prepare(self, *args, **kwargs):
+        """`datasets`' download_and_prepare (atomic: `.incomplete` folder renamed on success) with the input error
+        of a failed conversion surfaced (it names the file) instead of datasets' generic wrapper."""
+        try:
+            from datasets.builder import DatasetGenerationError
+        except ImportError:  # pragma: no cover - older layouts
+            from datasets.exceptions import DatasetGenerationError
+        try:
+            return super().download_and_prepare(*args, **kwargs)
+        except DatasetGenerationError as err:
+            cause = input_error_cause(err, self.input_errors)
+            if cause is None:
+                raise
+            raise self._surfaced_error(cause, f"{cause} (nothing was written to the cache)") from err
+
+    def _surfaced_error(self, cause: Exception, message: str) -> Exception:
+        """`cause` again with `message` (a builder whose errors carry more than a message overrides this)."""
+        return type(cause)(message)
 
     @property
     def settings(self) -> dict[str, Any]:

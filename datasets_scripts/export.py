@@ -282,7 +282,7 @@ def _coerce_setting(key: str, text: str, default: Any, kind: type | None = None)
         except json.JSONDecodeError:
             value = [part for part in text.split(",")]
         if not isinstance(value, list):
-            raise ValueError(f"--set {key}: expected a list (JSON or comma-separated), got {text!r}")
+            raise ValueError(f"--set {key}: expected a list (JSON or comma-separated), got {text!r}")  # noqa: TRY004
         return type(default)(value)
     if default is None:
         try:  # numbers and JSON literals for settings without a typed default

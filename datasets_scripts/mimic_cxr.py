@@ -91,11 +91,6 @@ import numpy as np
 from datasets import Features, List, Value
 from datasets import Image as ImageFeature
 
-try:
-    from datasets.builder import DatasetGenerationError
-except ImportError:  # pragma: no cover - older layouts
-    from datasets.exceptions import DatasetGenerationError
-
 from codec_litegpt import CHEXPERT_LABELS
 from datasets_scripts.common import (
     PreparationLogMixin,
@@ -103,7 +98,6 @@ from datasets_scripts.common import (
     check_choices,
     codec_source_files,
     encode_png,
-    input_error_cause,
     update_with_code,
 )
 from datasets_scripts.export import run_builder_cli
@@ -485,18 +479,12 @@ class MIMICCXR(PreparationLogMixin, datasets.GeneratorBasedBuilder):
         )
 
     # ----------------------------------------------------------------------------------------------- prepare
-    def download_and_prepare(self, *args, **kwargs):
-        """`datasets`' download_and_prepare (atomic: `.incomplete` folder renamed on success) with the input error
-        of a failed conversion surfaced (it names the file) instead of datasets' generic wrapper."""
-        try:
-            return super().download_and_prepare(*args, **kwargs)
-        except DatasetGenerationError as err:
-            cause = input_error_cause(err, (MIMICDataError, FileNotFoundError))
-            if cause is None:
-                raise
-            if isinstance(cause, MIMICImageError):
-                raise MIMICImageError(f"{cause} (nothing was written to the cache)", cause.reason) from err
-            raise type(cause)(f"{cause} (nothing was written to the cache)") from err
+    input_errors = (MIMICDataError, FileNotFoundError)
+
+    def _surfaced_error(self, cause: Exception, message: str) -> Exception:
+        if isinstance(cause, MIMICImageError):
+            return MIMICImageError(message, cause.reason)  # the skip reason travels with the message
+        return type(cause)(message)
 
     def _split_generators(self, dl_manager):
         if not self.config.data_dir:

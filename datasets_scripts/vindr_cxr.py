@@ -68,16 +68,11 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import datasets
 from datasets import Features, List, Value
 from datasets import Image as ImageFeature
-
-try:
-    from datasets.builder import DatasetGenerationError
-except ImportError:  # pragma: no cover - older layouts
-    from datasets.exceptions import DatasetGenerationError
 
 from codec_litegpt import (
     VINDR_GLOBAL_LABELS,
@@ -90,7 +85,6 @@ from datasets_scripts.common import (
     check_choices,
     codec_source_files,
     encode_png,
-    input_error_cause,
     update_with_code,
 )
 from datasets_scripts.export import run_builder_cli
@@ -370,7 +364,7 @@ class VinDrCXR(PreparationLogMixin, datasets.GeneratorBasedBuilder):
 
     VERSION = datasets.Version("1.0.0")
     BUILDER_CONFIG_CLASS = VinDrCXRConfig
-    BUILDER_CONFIGS = [
+    BUILDER_CONFIGS: ClassVar[list[VinDrCXRConfig]] = [
         VinDrCXRConfig(name="raw", version=VERSION, description="Every annotation CSV row, per reader, never fused."),
         VinDrCXRConfig(name="labels", version=VERSION, description="Image x reader labels and boxes (by column name)."),
         VinDrCXRConfig(name="grounding", version=VERSION, description="Stage 1: findings with 0-100 grid boxes."),
@@ -410,16 +404,7 @@ class VinDrCXR(PreparationLogMixin, datasets.GeneratorBasedBuilder):
         )
 
     # ----------------------------------------------------------------------------------------------- prepare
-    def download_and_prepare(self, *args, **kwargs):
-        """`datasets`' download_and_prepare (atomic: `.incomplete` folder renamed on success) with the input error
-        of a failed conversion surfaced (it names the file) instead of datasets' generic wrapper."""
-        try:
-            return super().download_and_prepare(*args, **kwargs)
-        except DatasetGenerationError as err:
-            cause = input_error_cause(err, (DicomReadError, VinDrDataError, FileNotFoundError))
-            if cause is None:
-                raise
-            raise type(cause)(f"{cause} (nothing was written to the cache)") from err
+    input_errors = (DicomReadError, VinDrDataError, FileNotFoundError)
 
     def _make_split_generators_kwargs(self, prepare_split_kwargs):
         return {"num_proc": prepare_split_kwargs.get("num_proc")}

@@ -425,7 +425,9 @@ def test_corrupt_image_raises_naming_the_file_and_leaves_no_cache(damaged, tmp_p
     with pytest.raises(MIMICImageError) as info:
         builder.download_and_prepare()
     assert str(paths["corrupt"]) in str(info.value) or str(paths["missing"]) in str(info.value)
-    assert "on_bad_image='skip'" in str(info.value)
+    assert "on_bad_image='skip'" in str(info.value) and "(nothing was written to the cache)" in str(info.value)
+    # surfaced from datasets' wrapper with its skip reason
+    assert info.value.reason == ("image_missing" if str(paths["missing"]) in str(info.value) else "image_unreadable")
     assert_no_prepared_cache(cache_dir)
 
 

@@ -498,7 +498,7 @@ def _write_mimic_csvs(out: Path, tables: _MimicTables) -> dict[str, str]:
 
 def _generate_mimic(out: Path, n_studies, seed, image_size, bar):
     """The MIMIC-CXR sample under `out`: returns its manifest part and the edge cases it holds."""
-    subjects, splits, studies = _plan_studies(np.random.default_rng([seed, 20]), n_studies)
+    _subjects, splits, studies = _plan_studies(np.random.default_rng([seed, 20]), n_studies)
     tables = _MimicTables()
     out_studies = {}
     edge = {key: [] for key in EDGE_CASES}
