@@ -37,14 +37,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from processing_litegpt import (
-    NO_FINDING,
-    VINDR_GLOBAL_LABELS,
-    VINDR_LOCAL_LABELS,
-    WINDOWING_MODES,
-    is_dicom_file,
-    load_image,
-)
+from codec_litegpt import NO_FINDING, VINDR_GLOBAL_LABELS, VINDR_LOCAL_LABELS
+from image_processing_litegpt import WINDOWING_MODES, is_dicom_file, load_image
 
 logger = logging.getLogger("litegpt_app")
 
@@ -62,9 +56,8 @@ DEFAULT_EXAMPLES_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cac
 PALETTE = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
            "#fabed4", "#469990", "#dcbeff", "#9a6324", "#fffac8", "#800000", "#aaffc3", "#808000", "#ffd8b1",
            "#000075", "#a9a9a9", "#ff4500", "#00ced1")  # fmt: skip
-# What a Hugging Face Space needs besides its README.md card and requirements.txt (docs/space/): this file and the
-# repository code it imports (the model's own code comes with its checkpoint).
-SPACE_FILES = ("app.py", "configuration_litegpt.py", "processing_litegpt.py", "litegpt_eval", "datasets_scripts")
+# Repository packages a Hugging Face Space imports besides the processor's code (see `space_files`).
+SPACE_PACKAGES = ("litegpt_eval", "datasets_scripts")
 DISCLAIMER = "Research demo, not a medical device: do not use it for diagnosis or treatment decisions."
 
 
@@ -417,13 +410,22 @@ def build_demo(demo_model: LiteGPTDemo, examples: Sequence[Example] = (), exampl
 # ======================================================================================= Space
 
 
+def space_files() -> list[str]:
+    """What a Hugging Face Space needs besides its card and requirements (docs/space/): this file, the processor's
+    remote code (derived from its relative imports: the codec, the image processing and the configuration, which
+    this file and the packages import too) and `SPACE_PACKAGES`. The model's own code comes with its checkpoint."""
+    from litegpt_train.hub import PROCESSOR_CODE, remote_code_files
+
+    return ["app.py", *remote_code_files(Path(__file__).resolve().parent, [PROCESSOR_CODE]), *SPACE_PACKAGES]
+
+
 def write_space_folder(out_dir: str | os.PathLike) -> Path:
-    """A Hugging Face Space's files in `out_dir`: `SPACE_FILES` and the card and requirements of `docs/space/`."""
+    """A Hugging Face Space's files in `out_dir`: `space_files()` and the card and requirements of `docs/space/`."""
     here, out = Path(__file__).resolve().parent, Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty: the Space folder must hold only the Space's files")
     out.mkdir(parents=True, exist_ok=True)
-    for name in (*SPACE_FILES, "docs/space/README.md", "docs/space/requirements.txt"):
+    for name in (*space_files(), "docs/space/README.md", "docs/space/requirements.txt"):
         source, target = here / name, out / Path(name).name
         if source.is_dir():
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

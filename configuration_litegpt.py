@@ -24,7 +24,7 @@ VISION_ENCODER_KINDS = {"timm": "timm_wrapper", "clip": "clip_vision_model"}
 
 DEFAULT_IMAGE_TOKEN = "<ImageHere>"
 
-# Task tokens of the instruction stages (DESIGN.md §2): the paper's `[identify]` for stage 1
+# Task tokens of the instruction stages: the paper's `[identify]` for stage 1
 # (the released code used `[grounding]`), `[vqa]` for diagnosis.
 DEFAULT_TASK_TOKENS = {
     "grounding": "[identify]",
@@ -174,7 +174,7 @@ LLAMA2_7B_CHAT_TEXT_CONFIG = {
     "hidden_act": "silu",
     "bos_token_id": 1,
     "eos_token_id": 2,
-    "pad_token_id": 0,  # `<unk>` (DESIGN.md §1.4)
+    "pad_token_id": 0,  # `<unk>`: LiteGPT pads with id 0
     "tie_word_embeddings": False,
 }
 

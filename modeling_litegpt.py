@@ -4,7 +4,7 @@
 language model) and the LM head outside it, because TRL's loss path reads `last_hidden_state`
 from the `base_model_prefix` submodule and the head from `get_output_embeddings()`.
 
-Image path (DESIGN.md §1.2): every tower sees the same `pixel_values`; each drops its CLS token;
+Image path: every tower sees the same `pixel_values`; each drops its CLS token;
 the patch tokens are concatenated along the sequence (first encoder first), normalised by a
 parameter-free LayerNorm, and every `tokens_per_group` consecutive positions become one
 `tokens_per_group * hidden` vector, projected to the LM width and scattered into
@@ -105,7 +105,7 @@ def group_patch_tokens(patch_tokens: torch.Tensor, tokens_per_group: int) -> tor
     return patch_tokens.reshape(batch, num_tokens // tokens_per_group, tokens_per_group * width)
 
 
-# LoRA on the language model's q/v projections only (DESIGN.md §1.5). A string is `re.fullmatch`ed by
+# LoRA on the language model's q/v projections only (the paper's r = 64 on W_q, W_v). A string is `re.fullmatch`ed by
 # PEFT; the list ["q_proj", "v_proj"] would suffix-match PubMedCLIP's attention too.
 LORA_TARGET_MODULES = r".*\.language_model\.layers\.\d+\.self_attn\.(q_proj|v_proj)"
 
@@ -114,7 +114,7 @@ def non_quantized_modules(config: LiteGPTConfig) -> list[str]:
     """Full module paths that bitsandbytes must leave in float: every tower, the projector and the LM head.
 
     transformers matches a skip entry from the start of the module path or as a suffix of it, so a
-    bare `"multi_modal_projector"` (the list DESIGN.md first proposed) does not protect
+    bare `"multi_modal_projector"` (the short names one would first write) does not protect
     `model.multi_modal_projector.linear_1`: the entries must be full prefixes.
     """
     towers = [f"model.{spec['name']}_vision_tower" for spec in config.vision_encoders]
@@ -122,17 +122,22 @@ def non_quantized_modules(config: LiteGPTConfig) -> list[str]:
 
 
 def bnb_quantization_config(
-    config: LiteGPTConfig, bits: int, compute_dtype: torch.dtype = torch.bfloat16
+    config: LiteGPTConfig,
+    bits: int,
+    compute_dtype: torch.dtype = torch.bfloat16,
+    quant_type: str = "nf4",
+    double_quant: bool = True,
 ) -> BitsAndBytesConfig:
-    """`BitsAndBytesConfig` quantising the language model only (8-bit as in the paper, or 4-bit nf4 + double quant)."""
+    """`BitsAndBytesConfig` quantising the language model only: 8-bit as in the paper, or 4-bit (`quant_type`, default
+    nf4, with double quantisation by default, as the reference code's 4-bit option)."""
     skip = non_quantized_modules(config)
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     if bits == 4:
         return BitsAndBytesConfig(
             load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_type=quant_type,
+            bnb_4bit_use_double_quant=double_quant,
             bnb_4bit_compute_dtype=compute_dtype,
             llm_int8_skip_modules=skip,
         )
@@ -166,7 +171,7 @@ class LiteGPTPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """Load as usual, then re-freeze the vision towers: loading resets `requires_grad` (DESIGN.md §6)."""
+        """Load as usual, then re-freeze the vision towers: loading resets `requires_grad`."""
         model = super().from_pretrained(*args, **kwargs)
         base = model.model if hasattr(model, "model") and isinstance(model.model, LiteGPTModel) else model
         if isinstance(base, LiteGPTModel):

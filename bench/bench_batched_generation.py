@@ -36,12 +36,12 @@ def build_model(args) -> str:
         from tiny_tokenizer import build_tiny_tokenizer
 
         from configuration_litegpt import LiteGPTConfig
-        from scripts.litegpt_checkpoint import assemble_litegpt, save_litegpt
+        from litegpt_train.base import assemble_litegpt, save_litegpt
 
         model, processor = assemble_litegpt(LiteGPTConfig.from_preset("tiny"), build_tiny_tokenizer(), seed=0)
         save_litegpt(model, processor, target)
     else:
-        from scripts.litegpt_checkpoint import build_base_checkpoint
+        from litegpt_train.base import build_base_checkpoint
 
         print(f"building {args.preset} into {target} (once)", flush=True)
         build_base_checkpoint(args.preset, target)
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from PIL import Image
 
+    from codec_litegpt import prompt_messages
     from litegpt_eval.generation import DecodingSettings, generate_batch, load_model_and_processor, rows_to_items
-    from processing_litegpt import prompt_messages
 
     path = build_model(args)
     model, processor = load_model_and_processor(path)

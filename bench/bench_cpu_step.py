@@ -43,11 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     from litegpt_train.feature_cache import CachedProjectorInputsCollator, ProjectorInputCache
     from litegpt_train.lm_head import TRAINER_OUTPUTS, add_answer_only_lm_head, unwrapped_causal_lm
     from litegpt_train.precision import cpu_has_native_bf16
-    from scripts.litegpt_checkpoint import make_lora_config
+    from modeling_litegpt import LiteGPTForConditionalGeneration
 
     torch.manual_seed(0)
     model, processor = build_model("small")
-    model = get_peft_model(model, make_lora_config()).train()
+    model = get_peft_model(model, LiteGPTForConditionalGeneration.lora_config()).train()
     base = unwrapped_causal_lm(model)
     add_fused_lm_head(base, outputs=TRAINER_OUTPUTS)  # what SFTTrainer.__init__ does
     add_answer_only_lm_head(base)  # what LiteGPTSFTTrainer adds

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from codec_litegpt import completion_messages, prompt_messages
+
 ONE_BOX_ANSWER = "Local diseases of this chest radiograph are <p>Cardiomegaly</p> {<35><51><75><78>}."
 
 
@@ -33,8 +35,8 @@ def synthetic_rows(processor, n: int, seed: int = 0, answers: tuple[str, ...] = 
     return [
         {
             "images": [Image.fromarray((rng.random((256, 256)) * 255).astype(np.uint8))],
-            "prompt": processor.build_prompt_messages("grounding"),
-            "completion": processor.build_completion_messages(answers[i % len(answers)]),
+            "prompt": prompt_messages("grounding", task_tokens=processor.task_tokens),
+            "completion": completion_messages(answers[i % len(answers)]),
         }
         for i in range(n)
     ]
@@ -42,7 +44,7 @@ def synthetic_rows(processor, n: int, seed: int = 0, answers: tuple[str, ...] = 
 
 def build_model(encoders: str):
     from configuration_litegpt import LiteGPTConfig, paper_vision_encoders
-    from scripts.litegpt_checkpoint import assemble_litegpt, find_smollm2_gguf, load_gguf_language_model
+    from litegpt_train.base import assemble_litegpt, find_smollm2_gguf, load_gguf_language_model
 
     language_model, tokenizer = load_gguf_language_model(find_smollm2_gguf())
     overrides = {"vision_encoders": paper_vision_encoders(), "projector_hidden_size": 2304} if encoders == "paper" else {}
@@ -61,11 +63,11 @@ def main(argv: list[str] | None = None) -> None:
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
     from litegpt_train.feature_cache import CachedProjectorInputsCollator, ProjectorInputCache
-    from scripts.litegpt_checkpoint import make_lora_config
+    from modeling_litegpt import LiteGPTForConditionalGeneration
 
     torch.manual_seed(0)
     model, processor = build_model(args.encoders)
-    model = get_peft_model(model, make_lora_config()).train()
+    model = get_peft_model(model, LiteGPTForConditionalGeneration.lora_config()).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     rows = synthetic_rows(processor, args.batch_size * (args.steps + 1))
     batches = [rows[i : i + args.batch_size] for i in range(0, len(rows), args.batch_size)]

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 import torch
 from bench_feature_cache import ONE_BOX_ANSWER, build_model, synthetic_rows
 
-from processing_litegpt import format_grounding_answer
+from codec_litegpt import format_grounding_answer
 
 NO_FINDING_ANSWER = format_grounding_answer([], width=100, height=100, no_finding=True)
 
@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from litegpt_train.feature_cache import CachedProjectorInputsCollator, ProjectorInputCache
     from litegpt_train.lm_head import TRAINER_OUTPUTS, add_answer_only_lm_head, unwrapped_causal_lm
-    from scripts.litegpt_checkpoint import make_lora_config
+    from modeling_litegpt import LiteGPTForConditionalGeneration
 
     torch.manual_seed(0)
     model, processor = build_model("small")
-    model = get_peft_model(model, make_lora_config()).train()
+    model = get_peft_model(model, LiteGPTForConditionalGeneration.lora_config()).train()
     base = unwrapped_causal_lm(model)
     add_fused_lm_head(base, outputs=TRAINER_OUTPUTS)  # what SFTTrainer.__init__ does
     forwards = {"trl_fused_head": base.forward}

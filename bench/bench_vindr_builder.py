@@ -53,7 +53,7 @@ def reencode_jpeg2000(tree: Path) -> None:
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEG2000Lossless
 
-    from processing_litegpt import read_dicom
+    from image_processing_litegpt import read_dicom
 
     for path in sorted(glob.glob(str(tree / "*" / "*.dicom"))):
         ds = read_dicom(path)
@@ -99,7 +99,7 @@ def stage_costs(files: list[str], max_side: int = 1024, level: int = 1) -> dict[
     import pydicom
 
     from datasets_scripts.common import encode_png
-    from processing_litegpt import dicom_to_uint8
+    from image_processing_litegpt import dicom_to_uint8
 
     decode = convert = png = 0.0
     for path in files:

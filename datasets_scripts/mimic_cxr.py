@@ -16,8 +16,8 @@ or `python -m datasets_scripts.mimic_cxr --data_dir DIR [--config report] [--num
 [--export out/] [--push_to_hub me/mimic-cxr-litegpt]` (Parquet + card with YAML `configs:`; the push is always
 private: the data use agreement forbids redistribution).
 
-Input (official layouts, DESIGN.md section 4)
----------------------------------------------
+Input (official layouts, docs/design.md "MIMIC-CXR")
+----------------------------------------------------
 `data_dir` is either one release folder or a folder holding them (``mimic-cxr/<version>``,
 ``mimic-cxr-jpg/<version>``, also under ``physionet.org/files/``); every file is searched in all of them:
 
@@ -80,105 +80,66 @@ import dataclasses
 import hashlib
 import logging
 import os
-import re
 import sys
-import zipfile
-from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import datasets
 import numpy as np
 from datasets import Features, List, Value
 from datasets import Image as ImageFeature
 
-try:
-    from datasets.builder import DatasetGenerationError
-except ImportError:  # pragma: no cover - older layouts
-    from datasets.exceptions import DatasetGenerationError
-
-from processing_litegpt import (
-    CHEXPERT_LABELS,
-    DEFAULT_TASK_TOKENS,
-    WINDOWING_MODES,
-    completion_messages,
-    dicom_to_uint8,
-    minmax_to_uint8,
-    prompt_messages,
-    read_dicom,
-)
-
+from codec_litegpt import CHEXPERT_LABELS
 from datasets_scripts.common import (
     PreparationLogMixin,
     SkipLog,
     check_choices,
+    codec_source_files,
     encode_png,
-    input_error_cause,
-    run_builder_cli,
+    update_with_code,
 )
+from datasets_scripts.export import run_builder_cli
+from datasets_scripts.mimic_inputs import (
+    IMAGE_FORMATS,
+    REPORTS_ARCHIVES,
+    MIMICDataError,
+    MimicLayout,
+    candidate_roots,
+    find_layout,
+)
+from datasets_scripts.mimic_plan import ALL_VIEWS, FRONTAL_VIEWS, SPLIT_ORDER, build_plan, finish_row, select_images
 from datasets_scripts.mimic_reports import (
-    ABSENT,
     ENTITIES,
-    ENTITY_CHEXPERT_COLUMN,
-    PRESENT,
     REPORT_SECTION_CHOICES,
-    UNCERTAIN,
-    chexpert_value,
-    extract_triplets,
-    labeling_text,
-    parse_sections,
-    report_target,
-    study_labels,
 )
+from image_processing_litegpt import WINDOWING_MODES, dicom_to_uint8, minmax_to_uint8, read_dicom
 
 __all__ = [
+    "CHEXPERT_LABELS",
+    "CONFIG_NAMES",
     "MIMICCXR",
     "MIMICCXRConfig",
     "MIMICDataError",
     "MIMICImageError",
     "MimicLayout",
-    "CONFIG_NAMES",
-    "CHEXPERT_LABELS",
-    "find_layout",
-    "select_images",
     "convert_image",
+    "find_layout",
     "main",
+    "select_images",
 ]
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAMES = ("raw", "report", "existence")
-IMAGE_FORMATS = ("auto", "dicom", "jpg")
 LABEL_SOURCES = ("rules", "chexpert", "negbio")
 BAD_IMAGE_POLICIES = ("raise", "skip")
 BAD_REPORT_POLICIES = ("raise", "skip")
-FRONTAL_VIEWS = ("PA", "AP")
-ALL_VIEWS = "all"
 # official split value -> datasets split name
-SPLIT_NAMES = {"train": "train", "validate": "validation", "test": "test"}
-SPLIT_ORDER = ("train", "validation", "test")
 # view preference when `views` is "all" (otherwise the order of `views`): frontal first, PA before AP
-_DEFAULT_VIEW_ORDER = ("PA", "AP", "LATERAL", "LL")
 
-CSV_NAMES = {
-    "metadata": "mimic-cxr-2.0.0-metadata",
-    "split": "mimic-cxr-2.0.0-split",
-    "chexpert": "mimic-cxr-2.0.0-chexpert",
-    "negbio": "mimic-cxr-2.0.0-negbio",
-}
-REPORTS_ARCHIVES = ("mimic-cxr-reports.zip",)
 PREPROCESSING_LOG = "mimic_preprocessing.json"
-_METADATA_OPTIONAL = (
-    "StudyDate", "StudyTime", "PerformedProcedureStepDescription", "ViewCodeSequence_CodeMeaning",
-    "PatientOrientationCodeSequence_CodeMeaning",
-)
-_REPORT_PATH_RE = re.compile(r"p(\d+)/s(\d+)\.txt$")
-
-
-class MIMICDataError(ValueError):
-    """The MIMIC-CXR files do not match the official layout; the message names the file (and CSV line)."""
 
 
 class MIMICImageError(MIMICDataError):
@@ -217,7 +178,7 @@ class MIMICCXRConfig(datasets.BuilderConfig):
             `("all",)` / None keeps every image (an empty `ViewPosition` included). Filtered images are counted
             per view.
         one_image_per_study: keep one image per study: the first by (rank of its view in `views`, `dicom_id`), i.e.
-            PA before AP, then the smallest `dicom_id` (DESIGN §2). None (default) -> True for `report` and
+            PA before AP, then the smallest `dicom_id`. None (default) -> True for `report` and
             `existence` (labels and targets are per study, a second frontal image would duplicate them), False
             for `raw`.
         report_section: target of `report`: `"findings"` (default: findings, else impression), `"impression"`
@@ -230,7 +191,7 @@ class MIMICCXRConfig(datasets.BuilderConfig):
             `mimic_reports.py`), `"chexpert"` or `"negbio"` (the CSVs; Opacity -> `Lung Opacity`, Effusion ->
             `Pleural Effusion`). In every case only 1 (Yes) and 0 (No) make rows; -1 (uncertain) and null (not
             mentioned) are counted, never trained.
-        entities: entities of `existence` (default the six of DESIGN §2, in that order).
+        entities: entities of `existence` (default the six MedKLIP-style entities of `mimic_reports.ENTITIES`, in that order).
         windowing: DICOM -> 8-bit mode of `processing_litegpt.dicom_to_uint8`: `"window"` (default), `"voi_lut"`,
             `"minmax"`.
         max_side: longest side of the stored PNG (default 1024; 0 keeps the source size). `width`/`height` are
@@ -348,289 +309,7 @@ class MIMICCXRConfig(datasets.BuilderConfig):
 # ======================================================================================================= layout
 
 
-@dataclass
-class MimicLayout:
-    """Where everything was found (absolute paths)."""
-
-    roots: list[Path]
-    csv: dict[str, Path | None]
-    image_root: Path | None
-    image_format: str | None
-    report_roots: list[Path]
-    reports_archive: Path | None
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "roots": [str(r) for r in self.roots],
-            "csv": {k: (str(v) if v else None) for k, v in self.csv.items()},
-            "image_root": str(self.image_root) if self.image_root else None,
-            "image_format": self.image_format,
-            "report_roots": [str(r) for r in self.report_roots],
-            "reports_archive": str(self.reports_archive) if self.reports_archive else None,
-        }
-
-
-def _version_dirs(folder: Path) -> list[Path]:
-    """Version sub-folders (`2.1.0`, ...) newest first, then the folder itself."""
-    if not folder.is_dir():
-        return []
-    subs = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"\d+(\.\d+)*", p.name)]
-    subs.sort(key=lambda p: tuple(int(x) for x in p.name.split(".")), reverse=True)
-    return subs + [folder]
-
-
-def candidate_roots(data_dir: str | os.PathLike) -> list[Path]:
-    """`data_dir` and the MIMIC-CXR(-JPG) release folders below it (also under `physionet.org/files/`)."""
-    base = Path(data_dir).expanduser().resolve()
-    roots = [base]
-    for parent in (base, base / "physionet.org" / "files", base / "files"):
-        for name in ("mimic-cxr-jpg", "mimic-cxr"):
-            roots += _version_dirs(parent / name)
-    seen, out = set(), []
-    for root in roots:
-        if root.is_dir() and root not in seen:
-            seen.add(root)
-            out.append(root)
-    return out
-
-
-def _find_csv(roots: Sequence[Path], stem: str) -> Path | None:
-    for root in roots:
-        for suffix in (".csv.gz", ".csv"):
-            path = root / f"{stem}{suffix}"
-            if path.is_file():
-                return path
-    return None
-
-
-def image_relpath(subject_id: str, study_id: str, dicom_id: str, ext: str) -> str:
-    """`files/pXX/p<subject>/s<study>/<dicom_id>.<ext>` (pXX = first 3 characters of the patient folder)."""
-    return f"files/p{subject_id[:2]}/p{subject_id}/s{study_id}/{dicom_id}.{ext}"
-
-
-def report_relpath(subject_id: str, study_id: str) -> str:
-    return f"files/p{subject_id[:2]}/p{subject_id}/s{study_id}.txt"
-
-
-def _detect_format(root: Path, probes: Sequence[tuple[str, str, str]]) -> str | None:
-    """"dicom"/"jpg" when `root/files` holds images of the metadata (probed), else None."""
-    files = root / "files"
-    if not files.is_dir():
-        return None
-    for ext, fmt in (("dcm", "dicom"), ("jpg", "jpg")):
-        if any((root / image_relpath(s, st, d, ext)).is_file() for s, st, d in probes):
-            return fmt
-    for ext, fmt in (("dcm", "dicom"), ("jpg", "jpg")):
-        if next(files.glob(f"p*/p*/s*/*.{ext}"), None) is not None:
-            return fmt
-    return None
-
-
-def find_layout(data_dir: str | os.PathLike, image_format: str = "auto",
-                probes: Sequence[tuple[str, str, str]] = ()) -> MimicLayout:
-    """Locate the CSVs, the image tree of `image_format` and the reports under `data_dir`.
-
-    `probes`: a few (subject_id, study_id, dicom_id) of the metadata used to tell a DICOM tree from a JPG tree.
-    Raises `MIMICDataError` when the requested image tree is absent.
-    """
-    roots = candidate_roots(data_dir)
-    if not roots:
-        raise FileNotFoundError(f"MIMIC-CXR data_dir {data_dir} does not exist")
-    csv = {key: _find_csv(roots, stem) for key, stem in CSV_NAMES.items()}
-    formats = {root: _detect_format(root, probes) for root in roots}
-    image_root, found_format = None, None
-    wanted = ("dicom", "jpg") if image_format == "auto" else (image_format,)
-    for fmt in wanted:
-        for root in roots:
-            if formats[root] == fmt:
-                image_root, found_format = root, fmt
-                break
-        if image_root is not None:
-            break
-    report_roots = [r for r in roots if (r / "files").is_dir()]
-    archive = None
-    for root in roots:
-        for name in REPORTS_ARCHIVES:
-            if (root / name).is_file():
-                archive = root / name
-                break
-        if archive:
-            break
-    return MimicLayout(roots, csv, image_root, found_format, report_roots, archive)
-
-
-class ReportStore:
-    """Report texts by (subject_id, study_id): loose `files/pXX/pS/sST.txt` in any root, else the zip archive."""
-
-    def __init__(self, layout: MimicLayout):
-        self.layout = layout
-        self._zip: zipfile.ZipFile | None = None
-        self._members: dict[tuple[str, str], str] = {}
-        # roots that hold loose reports first (the MIMIC-CXR tree): missing reports are named there
-        self._roots = sorted(layout.report_roots,
-                             key=lambda r: next((r / "files").glob("p*/p*/s*.txt"), None) is None)
-        if layout.reports_archive is not None:
-            self._zip = zipfile.ZipFile(layout.reports_archive)
-            for name in self._zip.namelist():
-                match = _REPORT_PATH_RE.search(name)
-                if match:
-                    self._members[(match.group(1), match.group(2))] = name
-
-    def locate(self, subject_id: str, study_id: str) -> str:
-        """A printable location of the report (first existing, else the expected loose path)."""
-        rel = report_relpath(subject_id, study_id)
-        for root in self._roots:
-            if (root / rel).is_file():
-                return str(root / rel)
-        member = self._members.get((subject_id, study_id))
-        if member is not None:
-            return f"{self.layout.reports_archive}:{member}"
-        if self._roots:
-            return str(self._roots[0] / rel)
-        if self.layout.reports_archive is not None:
-            return f"{self.layout.reports_archive}:{rel}"
-        return str(self.layout.roots[0] / rel)
-
-    def read(self, subject_id: str, study_id: str) -> tuple[str | None, str]:
-        """(text or None when missing, location). Unreadable files raise MIMICDataError naming them."""
-        rel = report_relpath(subject_id, study_id)
-        for root in self._roots:
-            path = root / rel
-            if path.is_file():
-                try:
-                    return path.read_text(encoding="utf-8"), str(path)
-                except (OSError, UnicodeDecodeError) as err:
-                    raise MIMICDataError(f"cannot read report {path}: {type(err).__name__}: {err}") from err
-        member = self._members.get((subject_id, study_id))
-        if member is not None and self._zip is not None:
-            where = f"{self.layout.reports_archive}:{member}"
-            try:
-                return self._zip.read(member).decode("utf-8"), where
-            except (OSError, UnicodeDecodeError, zipfile.BadZipFile) as err:
-                raise MIMICDataError(f"cannot read report {where}: {type(err).__name__}: {err}") from err
-        return None, self.locate(subject_id, study_id)
-
-    def close(self) -> None:
-        if self._zip is not None:
-            self._zip.close()
-            self._zip = None
-
-
 # ======================================================================================================= CSVs
-
-
-def _read_csv(path: Path):
-    import pandas as pd
-
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except Exception as err:
-        raise MIMICDataError(f"cannot parse {path}: {type(err).__name__}: {err}") from err
-    frame.columns = [str(c).strip() for c in frame.columns]
-    return frame
-
-
-def _require_columns(frame, path: Path, names: Sequence[str]) -> None:
-    missing = [n for n in names if n not in frame.columns]
-    if missing:
-        raise MIMICDataError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
-
-
-def _digits(value: str, path: Path, line: int, column: str) -> str:
-    text = str(value).strip()
-    if text.endswith(".0") and text[:-2].isdigit():  # ids written as floats by some tools
-        text = text[:-2]
-    if not text.isdigit():
-        raise MIMICDataError(f"{path}:{line}: column {column!r} must be a number, got {value!r}")
-    return str(int(text))
-
-
-def _int_or_none(value: str, path: Path, line: int, column: str) -> int | None:
-    text = str(value).strip()
-    if not text:
-        return None
-    try:
-        return int(float(text))
-    except ValueError:
-        raise MIMICDataError(f"{path}:{line}: column {column!r} must be a number, got {value!r}") from None
-
-
-@dataclass
-class _Image:
-    dicom_id: str
-    subject_id: str
-    study_id: str
-    view: str
-    rows: int | None
-    columns: int | None
-    line: int
-    extra: dict[str, str] = field(default_factory=dict)
-    split: str | None = None
-
-
-def read_metadata(path: Path) -> list[_Image]:
-    frame = _read_csv(path)
-    _require_columns(frame, path, ["dicom_id", "subject_id", "study_id", "ViewPosition"])
-    images = []
-    seen: dict[str, int] = {}
-    has = {c: c in frame.columns for c in ("Rows", "Columns", *_METADATA_OPTIONAL)}
-    for line, record in _frame_records(frame):
-        dicom_id = str(record["dicom_id"]).strip()
-        if not dicom_id:
-            raise MIMICDataError(f"{path}:{line}: empty dicom_id")
-        if dicom_id in seen:
-            raise MIMICDataError(f"{path}:{line}: duplicate dicom_id {dicom_id} (first on line {seen[dicom_id]})")
-        seen[dicom_id] = line
-        images.append(_Image(
-            dicom_id=dicom_id,
-            subject_id=_digits(record["subject_id"], path, line, "subject_id"),
-            study_id=_digits(record["study_id"], path, line, "study_id"),
-            view=str(record["ViewPosition"]).strip().upper(),
-            rows=_int_or_none(record["Rows"], path, line, "Rows") if has["Rows"] else None,
-            columns=_int_or_none(record["Columns"], path, line, "Columns") if has["Columns"] else None,
-            line=line,
-            extra={c: str(record[c]) for c in _METADATA_OPTIONAL if has[c]},
-        ))
-    return images
-
-
-def _frame_records(frame):
-    columns = list(frame.columns)
-    for index, values in enumerate(frame.itertuples(index=False, name=None)):
-        yield index + 2, dict(zip(columns, values))
-
-
-def read_split(path: Path) -> dict[str, tuple[str, int]]:
-    """dicom_id -> (official split, line)."""
-    frame = _read_csv(path)
-    _require_columns(frame, path, ["dicom_id", "split"])
-    out: dict[str, tuple[str, int]] = {}
-    for line, record in _frame_records(frame):
-        split = str(record["split"]).strip()
-        if split not in SPLIT_NAMES:
-            raise MIMICDataError(f"{path}:{line}: split must be one of {tuple(SPLIT_NAMES)}, got {split!r}")
-        out[str(record["dicom_id"]).strip()] = (split, line)
-    return out
-
-
-def read_labels(path: Path) -> dict[tuple[str, str], dict[str, int | None]]:
-    """CheXpert/NegBio CSV -> {(subject_id, study_id): {label: 1 | 0 | -1 | None}} (blank -> None)."""
-    frame = _read_csv(path)
-    _require_columns(frame, path, ["subject_id", "study_id", *CHEXPERT_LABELS])
-    out: dict[tuple[str, str], dict[str, int | None]] = {}
-    for line, record in _frame_records(frame):
-        key = (_digits(record["subject_id"], path, line, "subject_id"),
-               _digits(record["study_id"], path, line, "study_id"))
-        values = {}
-        for label in CHEXPERT_LABELS:
-            try:
-                values[label] = chexpert_value(record[label])
-            except ValueError as err:
-                raise MIMICDataError(f"{path}:{line}: column {label!r}: {err}") from None
-        if key in out:
-            raise MIMICDataError(f"{path}:{line}: duplicate row for subject {key[0]}, study {key[1]}")
-        out[key] = values
-    return out
 
 
 # ======================================================================================================= images
@@ -673,22 +352,6 @@ def convert_image(path: str, image_format: str, windowing: str = "window", max_s
 
 
 # ======================================================================================================= selection
-
-
-def view_rank(view: str, views: tuple | None) -> int:
-    order = _DEFAULT_VIEW_ORDER if views is None or views == (ALL_VIEWS,) else views
-    return order.index(view) if view in order else len(order)
-
-
-def select_images(images: Sequence[_Image], views: tuple | None, one_per_study: bool) -> tuple[list[_Image], list[_Image]]:
-    """(kept, filtered by view) of one study's images; `one_per_study` keeps the first by (view rank, dicom_id)."""
-    all_views = views is None or views == (ALL_VIEWS,)
-    kept = [im for im in images if all_views or im.view in views]
-    filtered = [im for im in images if not (all_views or im.view in views)]
-    kept.sort(key=lambda im: (view_rank(im.view, views), im.dicom_id))
-    if one_per_study and kept:
-        kept = kept[:1]
-    return kept, filtered
 
 
 # ======================================================================================================= features
@@ -759,327 +422,6 @@ def _features(config: MIMICCXRConfig) -> Features:
 # ======================================================================================================= plan
 
 
-_ANSWER = "_answer"
-
-
-def _task_tokens(config: MIMICCXRConfig, task: str) -> dict[str, str]:
-    tokens = dict(DEFAULT_TASK_TOKENS)
-    if config.task_token is not None:
-        tokens[task] = config.task_token
-    return tokens
-
-
-def finish_row(config: MIMICCXRConfig, row: dict[str, Any]) -> dict[str, Any]:
-    """A planned row -> the stored row: `prompt`/`completion` from the processor's templates (`prompt_messages`,
-    `completion_messages`) for `report` and `existence` (entity in lower case)."""
-    if _ANSWER not in row:
-        return row
-    row = dict(row)
-    answer = row.pop(_ANSWER)
-    if config.name == "report":
-        prompt = prompt_messages("report", task_tokens=_task_tokens(config, "report"))
-    else:
-        prompt = prompt_messages("existence", entity=row["entity"].lower(),
-                                 task_tokens=_task_tokens(config, "existence"))
-    row["prompt"] = prompt
-    row["completion"] = completion_messages(answer)
-    return row
-
-
-def _label_counter() -> dict[str, int]:
-    return {"1": 0, "0": 0, "-1": 0, "missing": 0}
-
-
-def _label_key(value: int | None) -> str:
-    return "missing" if value is None else str(int(value))
-
-
-def _agreement(pairs: dict[str, Counter]) -> dict[str, Any]:
-    """Per entity: pairs (rules, other) -> counts, and agreement where both are known answers (0/1)."""
-    out = {}
-    for entity, counter in pairs.items():
-        both = {k: v for k, v in counter.items() if all(p in ("0", "1") for p in k.split("|"))}
-        total = sum(both.values())
-        agree = sum(v for k, v in both.items() if k.split("|")[0] == k.split("|")[1])
-        out[entity] = {
-            "both_known": total,
-            "agree": agree,
-            "rate": round(agree / total, 6) if total else None,
-            "pairs": {f"rules={k.split('|')[0]},other={k.split('|')[1]}": v for k, v in sorted(counter.items())},
-        }
-    return out
-
-
-def build_plan(data_dir: str | os.PathLike, config: MIMICCXRConfig) -> tuple[dict[str, list[dict]], dict[str, Any]]:
-    """Read the CSVs and reports, select images and make every row except the pixels.
-
-    Returns ({split: [item]}, log) where an item is one image with its finished rows (`rows`, without `images`),
-    and log = {"settings", "layout", "counts", "skipped"}.
-    """
-    skips = SkipLog(name="mimic")
-    roots = candidate_roots(data_dir)
-    if not roots:
-        raise FileNotFoundError(f"MIMIC-CXR data_dir {data_dir} does not exist")
-    metadata_path = _find_csv(roots, CSV_NAMES["metadata"])
-    split_path = _find_csv(roots, CSV_NAMES["split"])
-    searched = ", ".join(str(r) for r in roots)
-    for key, path in (("metadata", metadata_path), ("split", split_path)):
-        if path is None:
-            raise FileNotFoundError(
-                f"missing {CSV_NAMES[key]}.csv(.gz) (part of MIMIC-CXR-JPG) under {data_dir}; searched {searched}"
-            )
-    images = read_metadata(metadata_path)
-    probes = [(im.subject_id, im.study_id, im.dicom_id) for im in images[:50]]
-    layout = find_layout(data_dir, config.image_format, probes)
-    if config.with_image and layout.image_root is None:
-        wanted = "DICOM (.dcm) or JPG (.jpg)" if config.image_format == "auto" else f"{config.image_format} image"
-        raise FileNotFoundError(f"no {wanted} tree files/pXX/p<subject>/s<study>/ found under {data_dir}; "
-                                f"searched {searched}")
-    ext = "dcm" if layout.image_format == "dicom" else "jpg"
-    splits = read_split(split_path)
-    labels: dict[str, dict | None] = {}
-    for source in ("chexpert", "negbio"):
-        path = layout.csv[source]
-        if path is None and config.label_source == source:
-            raise FileNotFoundError(
-                f"label_source={source!r} needs {CSV_NAMES[source]}.csv(.gz) (MIMIC-CXR-JPG); searched {searched}"
-            )
-        labels[source] = read_labels(path) if path is not None else None
-
-    counts: dict[str, Any] = {
-        "metadata_images": len(images),
-        "studies": 0,
-        "images_by_view": dict(sorted(Counter(im.view or "<empty>" for im in images).items())),
-        "images_view_filtered": {},
-        "images_without_split": 0,
-        "images_not_selected_one_per_study": 0,
-        "images_selected": 0,
-        "studies_without_selected_image": 0,
-        "studies_selected": 0,
-        "studies_in_rows": 0,
-        "reports_missing": 0,
-        "reports_without_sections": 0,
-        "studies_dropped_report": 0,
-        "report_sections_used": Counter(),
-        "chexpert_rows_missing": 0,
-        "negbio_rows_missing": 0,
-        "labels": {"rules": {e: _label_counter() for e in ENTITIES}},
-        "rows_planned": Counter(),
-    }
-    for source in ("chexpert", "negbio"):
-        if labels[source] is not None:
-            counts["labels"][source] = {e: _label_counter() for e in ENTITIES}
-    if config.name == "existence":
-        counts["existence_answers"] = {e: {"Yes": 0, "No": 0} for e in config.entities}
-        counts["existence_not_trained"] = {e: {"uncertain": 0, "not_mentioned": 0} for e in config.entities}
-        counts["studies_without_entity_answer"] = 0
-    agreement_pairs = {s: {e: Counter() for e in ENTITIES} for s in ("chexpert", "negbio") if labels[s] is not None}
-
-    by_study: dict[tuple[str, str], list[_Image]] = defaultdict(list)
-    for im in images:
-        entry = splits.get(im.dicom_id)
-        if entry is None:
-            counts["images_without_split"] += 1
-            skips.skip(f"{metadata_path}:{im.line} dicom_id {im.dicom_id}", "image_without_split_row")
-            continue
-        im.split = SPLIT_NAMES[entry[0]]
-        by_study[(im.subject_id, im.study_id)].append(im)
-    counts["studies"] = len(by_study)
-
-    reports = ReportStore(layout)
-    plan: dict[str, list[dict]] = {split: [] for split in SPLIT_ORDER}
-    view_filtered: Counter = Counter()
-    index = 0
-    try:
-        for (subject_id, study_id) in sorted(by_study, key=lambda k: (int(k[0]), int(k[1]))):
-            study_images = by_study[(subject_id, study_id)]
-            kept, filtered = select_images(study_images, config.views, False)
-            view_filtered.update(im.view or "<empty>" for im in filtered)
-            if config.one_per_study and len(kept) > 1:
-                counts["images_not_selected_one_per_study"] += len(kept) - 1
-                kept = kept[:1]
-            if not kept:
-                counts["studies_without_selected_image"] += 1
-                views_found = ", ".join(sorted({im.view or "<empty>" for im in study_images}))
-                skips.skip(f"study {study_id} (subject {subject_id}): no image with a view in {list(config.views)} "
-                           f"(views: {views_found})", "study_without_selected_view")
-                continue
-            counts["studies_selected"] += 1
-
-            # ---- report
-            text, where = reports.read(subject_id, study_id)
-            sections = parse_sections(text) if text is not None else None
-            problem = None
-            if text is None:
-                counts["reports_missing"] += 1
-                problem = ("report_missing", f"missing report {where} (subject {subject_id}, study {study_id})")
-            elif not (sections.findings or sections.impression
-                      or (config.fallback_last_paragraph and sections.last_paragraph)):
-                counts["reports_without_sections"] += 1
-                problem = ("report_without_sections",
-                           f"report {where} has no FINDINGS or IMPRESSION section"
-                           + (" and no last paragraph" if config.fallback_last_paragraph else ""))
-            if problem is not None and config.needs_report:
-                if config.on_bad_report == "raise":
-                    raise MIMICDataError(
-                        f"{problem[1]}\nBuild with on_bad_report='skip' to skip such studies (counted and listed)."
-                    )
-                skips.skip(problem[1], problem[0])
-                counts["studies_dropped_report"] += 1
-                continue
-
-            rules_text = None
-            if sections is not None:
-                rules_text = labeling_text(sections) if config.fallback_last_paragraph else (
-                    " ".join(p for p in (sections.findings, sections.impression) if p) or None)
-            triplets = extract_triplets(rules_text) if rules_text else []
-            rules = study_labels(triplets)
-            study_sources = {"rules": rules}
-            for source in ("chexpert", "negbio"):
-                if labels[source] is None:
-                    study_sources[source] = None
-                    continue
-                row = labels[source].get((subject_id, study_id))
-                if row is None:
-                    counts[f"{source}_rows_missing"] += 1
-                study_sources[source] = row
-            for entity in ENTITIES:
-                counts["labels"]["rules"][entity][_label_key(rules[entity])] += 1
-                for source in ("chexpert", "negbio"):
-                    if source in counts["labels"]:
-                        row = study_sources[source]
-                        value = None if row is None else row[ENTITY_CHEXPERT_COLUMN[entity]]
-                        counts["labels"][source][entity][_label_key(value)] += 1
-                        agreement_pairs[source][entity][f"{_label_key(rules[entity])}|{_label_key(value)}"] += 1
-
-            def source_label(source: str, entity: str, sources: dict = study_sources) -> int | None:
-                row = sources.get(source)
-                if source == "rules":
-                    return row[entity]
-                return None if row is None else row[ENTITY_CHEXPERT_COLUMN[entity]]
-
-            # ---- rows
-            study_rows: dict[str, list[dict]] = {}
-            if config.name == "raw":
-                for im in kept:
-                    study_rows[im.dicom_id] = [_raw_row(im, ext, layout, text, sections, study_sources, triplets)]
-            elif config.name == "report":
-                target = report_target(sections, config.report_section, config.fallback_last_paragraph)
-                answer, source_section = target
-                counts["report_sections_used"][source_section] += 1
-                for im in kept:
-                    study_rows[im.dicom_id] = [{
-                        **_ids(im),
-                        "target_section": source_section,
-                        "findings": sections.findings,
-                        "impression": sections.impression,
-                        _ANSWER: answer,  # prompt/completion are made in _generate_examples (smaller plan)
-                    }]
-            else:
-                entity_rows = []
-                for entity in config.entities:
-                    label = source_label(config.label_source, entity)
-                    if label not in (PRESENT, ABSENT):
-                        key = "uncertain" if label == UNCERTAIN else "not_mentioned"
-                        counts["existence_not_trained"][entity][key] += 1
-                        continue
-                    answer = "Yes" if label == PRESENT else "No"
-                    counts["existence_answers"][entity][answer] += 1
-                    positions: list[str] = []
-                    for t in triplets:
-                        if t.entity == entity and t.existence == rules[entity]:
-                            positions += [p for p in t.position if p not in positions]
-                    entity_rows.append({
-                        "entity": entity,
-                        "label": int(label),
-                        "label_source": config.label_source,
-                        "rules_label": rules[entity],
-                        "chexpert_label": source_label("chexpert", entity),
-                        "negbio_label": source_label("negbio", entity),
-                        "position": positions,
-                        _ANSWER: answer,
-                    })
-                if not entity_rows:
-                    counts["studies_without_entity_answer"] += 1
-                    unknown = Counter("uncertain" if source_label(config.label_source, e) == UNCERTAIN
-                                      else "not mentioned" for e in config.entities)
-                    skips.skip(f"study {study_id} (subject {subject_id}, report {where}): no {config.label_source} "
-                               f"answer 1/0 for any of {list(config.entities)} ({dict(sorted(unknown.items()))})",
-                               "study_without_entity_answer")
-                for im in kept:
-                    study_rows[im.dicom_id] = [{**_ids(im), **row} for row in entity_rows]
-            if any(study_rows.values()):
-                counts["studies_in_rows"] += 1
-            for im in kept:
-                rows = study_rows.get(im.dicom_id, [])
-                if not rows:
-                    continue
-                counts["images_selected"] += 1
-                counts["rows_planned"][im.split] += len(rows)
-                image_path = str(layout.image_root / image_relpath(im.subject_id, im.study_id, im.dicom_id, ext)) \
-                    if layout.image_root is not None else None
-                plan[im.split].append({"index": index, "dicom_id": im.dicom_id, "path": image_path, "rows": rows})
-                index += 1
-    finally:
-        reports.close()
-
-    counts["images_view_filtered"] = dict(sorted(view_filtered.items()))
-    counts["report_sections_used"] = dict(sorted(counts["report_sections_used"].items()))
-    counts["rows_planned"] = {s: counts["rows_planned"].get(s, 0) for s in SPLIT_ORDER}
-    counts["agreement"] = {source: _agreement(pairs) for source, pairs in agreement_pairs.items()}
-    log = {
-        "settings": config.settings(),
-        "layout": layout.describe(),
-        "counts": counts,
-        "skipped": skips.summary(),
-    }
-    logger.info("MIMIC-CXR %s plan: %s images in rows, %s skipped (%s)", config.name, counts["images_selected"],
-                len(skips), skips.counts())
-    return plan, log
-
-
-def _ids(im: _Image) -> dict[str, Any]:
-    return {
-        "subject_id": int(im.subject_id),
-        "study_id": int(im.study_id),
-        "dicom_id": im.dicom_id,
-        "view": im.view,
-        "width": im.columns,
-        "height": im.rows,
-    }
-
-
-def _raw_row(im: _Image, ext: str, layout: MimicLayout, text: str | None, sections, sources: dict,
-             triplets) -> dict[str, Any]:
-    def labels14(row):
-        return {label: (None if row is None else row[label]) for label in CHEXPERT_LABELS}
-
-    return {
-        **_ids(im),
-        "split": im.split,
-        "image_path": image_relpath(im.subject_id, im.study_id, im.dicom_id, ext) if layout.image_format else None,
-        "report_path": report_relpath(im.subject_id, im.study_id),  # relative: no local path in exports
-        "study_date": im.extra.get("StudyDate"),
-        "study_time": im.extra.get("StudyTime"),
-        "procedure": im.extra.get("PerformedProcedureStepDescription"),
-        "view_code_meaning": im.extra.get("ViewCodeSequence_CodeMeaning"),
-        "patient_orientation": im.extra.get("PatientOrientationCodeSequence_CodeMeaning"),
-        "report": text,
-        "findings": sections.findings if sections else None,
-        "impression": sections.impression if sections else None,
-        "last_paragraph": sections.last_paragraph if sections else None,
-        "sections": [{"name": n, "text": t} for n, t in sections.parts] if sections else [],
-        "chexpert": labels14(sources.get("chexpert")),
-        "negbio": labels14(sources.get("negbio")),
-        "rules": dict(sources["rules"]),
-        "triplets": [
-            {"entity": t.entity, "position": list(t.position), "existence": t.existence, "cue": t.cue,
-             "sentence": t.sentence}
-            for t in triplets
-        ],
-    }
-
-
 # ======================================================================================================= builder
 
 
@@ -1089,14 +431,8 @@ def _source_fingerprint(data_dir: str | None) -> str:
     `download_mode="force_redownload"`)."""
     digest = hashlib.sha1()
     here = Path(__file__).resolve()
-    import processing_litegpt
-
-    for path in (here, here.with_name("mimic_reports.py"), here.with_name("common.py"),
-                 Path(processing_litegpt.__file__)):
-        try:
-            digest.update(path.read_bytes())
-        except OSError:
-            digest.update(str(path).encode())
+    sources = [here, here.with_name("mimic_reports.py"), here.with_name("common.py"), *codec_source_files()]
+    update_with_code(digest, sources)
     if data_dir:
         for root in candidate_roots(data_dir):
             for name in sorted(os.listdir(root)):
@@ -1111,7 +447,7 @@ class MIMICCXR(PreparationLogMixin, datasets.GeneratorBasedBuilder):
 
     VERSION = datasets.Version("1.0.0")
     BUILDER_CONFIG_CLASS = MIMICCXRConfig
-    BUILDER_CONFIGS = [
+    BUILDER_CONFIGS: ClassVar[list[MIMICCXRConfig]] = [
         MIMICCXRConfig(name="raw", version=VERSION,
                        description="Images' metadata, reports, sections, CheXpert/NegBio and rules labels."),
         MIMICCXRConfig(name="report", version=VERSION, description="Findings (else impression) generation."),
@@ -1143,18 +479,12 @@ class MIMICCXR(PreparationLogMixin, datasets.GeneratorBasedBuilder):
         )
 
     # ----------------------------------------------------------------------------------------------- prepare
-    def download_and_prepare(self, *args, **kwargs):
-        """`datasets`' download_and_prepare (atomic: `.incomplete` folder renamed on success) with the input error
-        of a failed conversion surfaced (it names the file) instead of datasets' generic wrapper."""
-        try:
-            return super().download_and_prepare(*args, **kwargs)
-        except DatasetGenerationError as err:
-            cause = input_error_cause(err, (MIMICDataError, FileNotFoundError))
-            if cause is None:
-                raise
-            if isinstance(cause, MIMICImageError):
-                raise MIMICImageError(f"{cause} (nothing was written to the cache)", cause.reason) from err
-            raise type(cause)(f"{cause} (nothing was written to the cache)") from err
+    input_errors = (MIMICDataError, FileNotFoundError)
+
+    def _surfaced_error(self, cause: Exception, message: str) -> Exception:
+        if isinstance(cause, MIMICImageError):
+            return MIMICImageError(message, cause.reason)  # the skip reason travels with the message
+        return type(cause)(message)
 
     def _split_generators(self, dl_manager):
         if not self.config.data_dir:

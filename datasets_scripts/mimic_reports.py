@@ -3,8 +3,8 @@
 Used by ``datasets_scripts/mimic_cxr.py``; everything here is a plain function of strings so that it can be tested on
 hand-written reports.
 
-Sections (DESIGN.md §4, the algorithm of MIT-LCP/mimic-cxr ``txt/section_parser.py``, re-implemented)
-------------------------------------------------------------------------------------------------------
+Sections (the algorithm of MIT-LCP/mimic-cxr ``txt/section_parser.py``, re-implemented)
+-----------------------------------------------------------------------------------------
 * A header is an upper-case name at the start of a line after one space, followed by a colon and whitespace:
   ``SECTION_HEADER_RE = r'\\n ([A-Z ()/,-]+):\\s'``. Text before the first header is the ``preamble`` (this is
   where a ``WET READ`` at the very top of the file ends up); a report without any header is one ``full report``
@@ -30,8 +30,8 @@ Section text cleaning (``clean_section_text``, the documented preprocessing of r
 
 PHI placeholders ``___`` are kept verbatim (they are the de-identified tokens the reports really contain).
 
-Rule-based entity triplets (MedKLIP-style, DESIGN §2 "MIMIC-CXR tasks")
--------------------------------------------------------------------------
+Rule-based entity triplets (MedKLIP-style)
+------------------------------------------
 Entities (``ENTITIES``): Opacity, Pneumothorax, Cardiomegaly, Effusion, Consolidation, Atelectasis, found by their
 synonyms (``ENTITY_PATTERNS``) at word boundaries, case-insensitively, in the sentences of findings + impression
 (``last_paragraph`` when the report has neither). Sentences split at ``.``/``!``/``?`` followed by whitespace;
@@ -75,7 +75,7 @@ Study-level labels (``study_labels``) -- how {1, 0, -1} per mention and "not men
 Per entity: ``1`` if any mention is 1, else ``-1`` if any mention is uncertain, else ``0`` if any mention is 0,
 else ``None`` (**not mentioned**). This is the CheXpert labeler's aggregation (positive > uncertain > negative), so
 the rules labels have exactly CheXpert's four states (1.0 / -1.0 / 0.0 / blank) and the two can be compared one to
-one. DESIGN §2's "−1 if not mentioned" is thus split into ``-1`` (uncertain) and ``None`` (not mentioned); both
+one. A single "−1 if not mentioned" state is thus split into ``-1`` (uncertain) and ``None`` (not mentioned); both
 are "unknown" answers that are never trained or scored.
 """
 
@@ -87,30 +87,32 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from codec_litegpt import MIMIC_ENTITIES
+
 __all__ = [
-    "SECTION_HEADER_RE",
-    "ReportSections",
-    "split_sections",
-    "parse_sections",
-    "normalize_section_name",
-    "clean_section_text",
-    "REPORT_SECTION_CHOICES",
-    "report_target",
+    "ABSENT",
     "ENTITIES",
-    "ENTITY_PATTERNS",
     "ENTITY_CHEXPERT_COLUMN",
+    "ENTITY_PATTERNS",
     "POSITION_WORDS",
+    "PRESENT",
+    "REPORT_SECTION_CHOICES",
+    "SECTION_HEADER_RE",
+    "UNCERTAIN",
+    "ReportSections",
     "Triplet",
-    "split_sentences",
-    "split_clauses",
+    "chexpert_value",
+    "clean_section_text",
     "extract_triplets",
     "labeling_text",
-    "study_labels",
+    "normalize_section_name",
+    "parse_sections",
     "report_labels",
-    "chexpert_value",
-    "PRESENT",
-    "ABSENT",
-    "UNCERTAIN",
+    "report_target",
+    "split_clauses",
+    "split_sections",
+    "split_sentences",
+    "study_labels",
 ]
 
 # ======================================================================================= sections
@@ -298,7 +300,7 @@ def report_target(
 ) -> tuple[str, str] | None:
     """The report-generation target and the section it came from, or None when the report has nothing usable.
 
-    * ``"findings"`` (default, DESIGN §2): findings, else impression;
+    * ``"findings"`` (default): findings, else impression;
     * ``"impression"``: impression, else findings;
     * ``"findings+impression"``: ``"{findings} {impression}"`` when both exist, else whichever exists
       (source ``"findings+impression"`` only when both were used);
@@ -323,7 +325,7 @@ def report_target(
 
 PRESENT, ABSENT, UNCERTAIN = 1, 0, -1
 
-ENTITIES = ("Opacity", "Pneumothorax", "Cardiomegaly", "Effusion", "Consolidation", "Atelectasis")
+ENTITIES = MIMIC_ENTITIES  # the label list lives with the others, in the codec
 
 ENTITY_PATTERNS = {
     "Opacity": r"opaci(?:ty|ties|fication|fications|fied)",
@@ -337,7 +339,7 @@ ENTITY_PATTERNS = {
     "Atelectasis": r"atelecta(?:sis|ses|tic)",
 }
 
-# CheXpert / NegBio column of each entity (DESIGN §2).
+# CheXpert / NegBio column of each entity (Opacity and Effusion have longer CheXpert names).
 ENTITY_CHEXPERT_COLUMN = {
     "Opacity": "Lung Opacity",
     "Pneumothorax": "Pneumothorax",

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from processing_litegpt import VINDR_GLOBAL_LABELS, VINDR_LOCAL_LABELS
+from codec_litegpt import VINDR_GLOBAL_LABELS, VINDR_LOCAL_LABELS
 
-from .synthetic import OTHER_DISEASE_COLUMN, VINDR_VERSION_DIR, _fmt, _write_csv, _write_dicom
+from .synthetic.common import VINDR_VERSION_DIR, _fmt, _write_csv
+from .synthetic.dicom import _write_dicom
+from .synthetic.vindr import OTHER_DISEASE_COLUMN
 
 # Class -> block position as fractions of the image side (x1, y1, x2, y2).
 TOY_CLASSES: dict[str, tuple[float, float, float, float]] = {

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from processing_litegpt import (
+from codec_litegpt import (
     NO_FINDING,
     VINDR_GLOBAL_LABELS,
     VINDR_LOCAL_LABELS,

@@ -1,4 +1,4 @@
-"""Percentile bootstrap over test images (DESIGN.md section 5: 95 %, B = 1000, seed 0, all metrics).
+"""Percentile bootstrap over test images (95 %, B = 1000, seed 0, every metric).
 
 A resample draws `n` images with replacement; a statistic receives the draw as integer **weights** (how many times
 each image was drawn), so corpus-level metrics (BLEU, mAP, micro F1...) are recomputed on the resample rather than

@@ -1,4 +1,4 @@
-"""Box conventions of peer systems (DESIGN.md section 7), to and from one canonical form.
+"""Box conventions of peer systems, to and from one canonical form (docs/design.md, "Metrics").
 
 Canonical box: float `(x1, y1, x2, y2)` in [0, 1] of the **original** image (x on width, y on height).
 Each format has `parse(text, width, height, label=None) -> [PeerBox]` and `format(boxes, width, height) -> text`:
@@ -29,15 +29,16 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from processing_litegpt import (
-    LOCAL_PREFIX,
+from codec_litegpt import (
+    KAGGLE14_LABELS,
     NO_FINDING,
+    box_to_grid,
     canonical_label,
     format_grounding_phrase,
+    grid_to_box,
+    grounding_answer_text,
     parse_grounding_answer,
 )
-
-from .localization import KAGGLE14_LABELS
 
 
 @dataclass
@@ -58,10 +59,6 @@ def _bin(v: float, bins: int) -> int:
     return min(max(math.floor(float(v) * bins), 0), bins - 1)
 
 
-def _half_up(v: float) -> int:
-    return math.floor(float(v) + 0.5)
-
-
 def to_pixels(box: Sequence[float], width: float, height: float) -> tuple[float, float, float, float]:
     return (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
 
@@ -76,18 +73,14 @@ def from_pixels(box: Sequence[float], width: float, height: float) -> tuple[floa
 def parse_litegpt(text: str, width: float, height: float, label: str | None = None) -> list[PeerBox]:
     """Boxes of a LiteGPT answer, through the strict parser (failures are not boxes)."""
     parsed = parse_grounding_answer(text, width, height)
-    return [PeerBox(f.label, tuple(g / 100.0 for g in f.grid_box)) for f in parsed.findings]
+    return [PeerBox(f.label, tuple(grid_to_box(f.grid_box, 1.0, 1.0))) for f in parsed.findings]
 
 
 def format_litegpt(boxes: Sequence[PeerBox], width: float = 1.0, height: float = 1.0) -> str:
-    """Phrases in the given order (no sorting), `<p>label</p> {<x1><y1><x2><y2>}` joined by `,`, with the prefix."""
-    phrases = []
-    for item in boxes:
-        if item.box is None:
-            continue
-        grid = tuple(min(max(_half_up(100 * v), 0), 100) for v in item.box)
-        phrases.append(format_grounding_phrase(item.label or "", grid))
-    return f"{LOCAL_PREFIX} {','.join(phrases) if phrases else 'None'}."
+    """Phrases in the given order (no sorting, labels as written), the codec's grid and phrase form."""
+    return grounding_answer_text(
+        [format_grounding_phrase(item.label or "", box_to_grid(item.box, 1.0, 1.0)) for item in boxes if item.box is not None]
+    )
 
 
 # ======================================================================================= MAIRA-2
@@ -142,7 +135,7 @@ def parse_chexagent(text: str, width: float, height: float, label: str | None = 
     for m in _CHEXAGENT_RE.finditer(text or ""):
         name = m.group(1).strip() or label
         for b in _CHEXAGENT_BOX_RE.finditer(m.group(2)):
-            out.append(PeerBox(name, tuple(int(v) / 100.0 for v in b.groups())))
+            out.append(PeerBox(name, tuple(grid_to_box([int(v) for v in b.groups()], 1.0, 1.0))))  # the same 0-100 grid
     return out
 
 
@@ -150,7 +143,7 @@ def format_chexagent(boxes: Sequence[PeerBox], width: float = 1.0, height: float
     ref, box = (("<|ref|>", "<|/ref|>"), ("<|box|>", "<|/box|>")) if style == "2" else (("<ref>", "</ref>"), ("<box>", "</box>"))
     parts = []
     for item in boxes:
-        v = [min(max(_half_up(100 * c), 0), 100) for c in item.box]
+        v = box_to_grid(item.box, 1.0, 1.0)  # CheXagent's 0-100 integers are LiteGPT's grid
         parts.append(f"{ref[0]}{item.label or ''}{ref[1]}{box[0]}({v[0]},{v[1]}),({v[2]},{v[3]}){box[1]}")
     return "".join(parts)
 
@@ -254,7 +247,7 @@ def format_vindr_csv(boxes: Sequence[PeerBox], width: float, height: float) -> s
     return buffer.getvalue()
 
 
-KAGGLE_CLASSES = (*KAGGLE14_LABELS, NO_FINDING)  # ids 0-13 + 14 No finding (DESIGN §3)
+KAGGLE_CLASSES = (*KAGGLE14_LABELS, NO_FINDING)  # ids 0-13 + 14 No finding
 
 
 def parse_kaggle(text: str, width: float, height: float, label: str | None = None) -> list[PeerBox]:
@@ -333,7 +326,7 @@ def to_litegpt_answer(text: str, source: str, width: float, height: float, label
     boxes = get_format(source).parse(text, width, height, label=label)
     with_box = [b for b in boxes if b.box is not None]
     if not with_box and any(_is_no_finding(b.label) for b in boxes):
-        return f"{LOCAL_PREFIX} {NO_FINDING}."
+        return grounding_answer_text([], no_finding=True)
     return format_litegpt(with_box, width, height)
 
 

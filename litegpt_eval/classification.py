@@ -1,4 +1,4 @@
-"""Classification metrics of both stages (DESIGN.md section 5).
+"""Classification metrics of both stages (docs/design.md, "Metrics").
 
 * `multilabel_report`: per-label precision / recall / F1 / support and the micro, macro, weighted and samples
   averages exactly as `sklearn.metrics.classification_report(..., zero_division=0)` computes them, plus
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from processing_litegpt import NO_FINDING, VINDR_GLOBAL_LABELS, VINDR_LOCAL_LABELS
+from codec_litegpt import NO_FINDING, VINDR_GLOBAL_LABELS, VINDR_LOCAL_LABELS
 
 FINDING = "Finding"
 # [C]'s class names: "Other disease" (singular) as in its CSV; substring matching makes both spellings hit.

@@ -1,4 +1,4 @@
-"""Confidences from the model's token log-probabilities (DESIGN.md section 5, "mAP" and "AUC").
+"""Confidences from the model's token log-probabilities (docs/design.md, "Metrics": mAP and AUC).
 
 * **Box confidence** = `exp(mean log-prob)` of the tokens of its phrase (`<p>label</p> {<x1><y1><x2><y2>}`),
   computed by `LiteGPTProcessor.post_process_grounding(..., scores=...)` from the greedy output's transition
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from processing_litegpt import GLOBAL_PREFIX, LOCAL_PREFIX, NO_FINDING
+from codec_litegpt import GLOBAL_PREFIX, LOCAL_PREFIX, NO_FINDING
 
 _NO_FINDING_RE = re.compile(r"\bno\s+findings?\b", re.IGNORECASE)
 _GLOBAL_PREFIX_RE = re.compile(r"^\s*global\s+diseases\s+of\s+this\s+chest\s+radiograph\s+are\b", re.IGNORECASE)

@@ -1,4 +1,4 @@
-"""Batched generation that writes `predictions.jsonl` as it goes (DESIGN.md section 5).
+"""Batched generation that writes `predictions.jsonl` as it goes (docs/design.md, "Metrics").
 
 * Input: a `datasets.Dataset` (or any sequence of dict rows) with `image_id`, `images` (list of images; `image` also
   accepted), `width`/`height` (original size, the pixel space of the boxes) and references: the VinDr builder's
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from processing_litegpt import (
+from codec_litegpt import (
     DIAGNOSIS_INSTRUCTION,
     GROUNDING_INSTRUCTION,
     REPORT_INSTRUCTION,
@@ -52,7 +52,7 @@ from .confidence import (
 from .records import RECORD_SCHEMA, PredictionsError, PredictionWriter, done_keys
 
 DEFAULT_MAX_NEW_TOKENS = {"grounding": 512, "diagnosis": 64, "existence": 8, "report": 512}
-# [C]'s sampling, for --paper_decoding (DESIGN §1.8): stage 1 T 0.6, stage 2 T 0.1, top-p 0.9.
+# The released code's sampling, for --paper_decoding: stage 1 T 0.6, stage 2 T 0.1, top-p 0.9.
 PAPER_SAMPLING = {"grounding": {"temperature": 0.6, "top_p": 0.9}, "diagnosis": {"temperature": 0.1, "top_p": 0.9}}
 MANIFEST_NAME = "generation_manifest.json"
 
@@ -76,7 +76,7 @@ class EvalItem:
 
 
 def infer_task(row: dict[str, Any]) -> str:
-    """Task of a row from its prompt text (the stage instructions of DESIGN §2)."""
+    """Task of a row from its prompt text (the stage instructions of the codec)."""
     text = messages_text(row.get("prompt"))
     if GROUNDING_INSTRUCTION in text or "[identify]" in text or "[grounding]" in text:
         return "grounding"

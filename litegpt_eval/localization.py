@@ -30,32 +30,18 @@ from typing import Any
 
 import numpy as np
 
-from processing_litegpt import NO_FINDING, VINDR_LOCAL_LABELS
+from codec_litegpt import KAGGLE14_LABELS, NO_FINDING, VINDR_LOCAL_LABELS
+from codec_litegpt import box_iou as iou  # the one continuous IoU; `iou_matrix` is its pairwise, vectorised form
 
 Box = Sequence[float]
 
 PAPER_PHRASE_RE = re.compile(r"<p>([^<]+)</p> \{<(\d+)><(\d+)><(\d+)><(\d+)>\}")
 THRESHOLDS = (0.3, 0.4, 0.5)
 
-# Kaggle VinBigData class ids 0-13 by name; map by name, never by id.
-KAGGLE14_LABELS = (
-    "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD", "Infiltration",
-    "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion", "Pleural thickening", "Pneumothorax",
-    "Pulmonary fibrosis",
-)  # fmt: skip
 NO_FINDING_BOX = (0.0, 0.0, 1.0, 1.0)
 
 
 # ======================================================================================= IoU
-
-
-def iou(a: Box, b: Box) -> float:
-    """Continuous IoU of two `(x1, y1, x2, y2)` boxes (0 for empty unions)."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1]) + max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def iou_plus_one(a: Box, b: Box) -> float:
@@ -76,7 +62,7 @@ def iou_plus_one(a: Box, b: Box) -> float:
 
 
 def iou_matrix(boxes_a: Sequence[Box], boxes_b: Sequence[Box]) -> np.ndarray:
-    """Pairwise continuous IoU, shape (len(a), len(b))."""
+    """Pairwise continuous IoU (`codec_litegpt.box_iou` of every pair, vectorised), shape (len(a), len(b))."""
     a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
     if not len(a) or not len(b):

@@ -1,4 +1,4 @@
-"""Text metrics, offline (DESIGN.md section 5): ROUGE-1/2/L/Lsum, BLEU-1..4, METEOR, CIDEr-D.
+"""Text metrics, offline: ROUGE-1/2/L/Lsum, BLEU-1..4, METEOR, CIDEr-D.
 
 Every metric is computed locally; `evaluate.load(...)` is never called (it needs the Hub). What the reference code
 ([C]) computed through Hugging Face `evaluate`, and how it is reproduced here:

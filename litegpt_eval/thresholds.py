@@ -1,4 +1,4 @@
-"""Decision thresholds for the label confidences, chosen on the **validation** split (DESIGN.md section 5).
+"""Decision thresholds for the label confidences, chosen on the **validation** split.
 
 The headline classification numbers come from the greedy answer text. When the predictions carry label
 confidences (`scores.labels` of stage 1 / stage 2, `scores.yes` of MIMIC existence), an extra protocol cuts them at
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from processing_litegpt import VINDR_GLOBAL_LABELS, VINDR_LOCAL_LABELS
+from codec_litegpt import VINDR_GLOBAL_LABELS, VINDR_LOCAL_LABELS
 
 from .classification import label_vector
 from .records import PredictionsError, load_records

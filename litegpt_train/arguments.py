@@ -1,6 +1,20 @@
-"""Script arguments of `train_sft.py` (everything that is not one of TRL's `SFTConfig` fields) and their checks.
+"""Arguments of `train_sft.py`, in groups, and their checks.
 
-Every check here runs before any model is loaded or any step is trained: a wrong config fails in seconds.
+One YAML (`--config`) holds them all; `TrlParser` fills one dataclass per group, command-line flags override the
+YAML, an unknown key is an error:
+
+* `LiteGPTModelConfig` - TRL's `ModelConfig` with LiteGPT's defaults: the base (`model_name_or_path`,
+  `model_revision`, `dtype`, `attn_implementation`), its quantisation (`load_in_8bit`, `load_in_4bit`, ...) and LoRA
+  (`lora_r`, `lora_alpha`, `lora_dropout`, `lora_target_modules`, `use_rslora`, `use_dora`), plus the demo's
+  `base_preset` and the Hub id of the base (`hub_base_model_id`);
+* `StageArguments` - which stages, from which adapter, per-stage `SFTConfig` overrides, retraining;
+* `DataArguments` - the datasets of the stages (builders and their settings, mixing, the demo's synthetic data);
+* `OptimisationArguments` - what trains at which learning rate, the loss normalisation, the schedule, the cache;
+* `EvalAfterTrainingArguments` - the evaluation of each finished stage;
+* TRL's `SFTConfig` - everything else (optimiser, batch, precision, logging, saving, Hub).
+
+`RunArguments` holds the six. Every check here runs before any model is loaded or any step is trained: a wrong
+config fails in seconds.
 """
 
 from __future__ import annotations
@@ -10,6 +24,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from trl import ModelConfig
 
 from .schedule import LR_SCHEDULES, MINIGPTV2_SCHEDULES, TRAINER_SCHEDULE
 
@@ -21,27 +37,108 @@ STAGE_SOURCES: dict[str, tuple[str, str]] = {
     "existence": ("mimic_cxr", "existence"),
 }
 LOSS_NORMALIZATIONS = ("batch", "dataset")  # see litegpt_train.trainer.mean_loss_tokens_per_row
-QUANTIZATION_CHOICES = ("none", "8bit", "4bit")
 PAPER_LORA_MODULES = ("q_proj", "v_proj")
-EVAL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 LM_LORA_MODULE_CHOICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 INIT_NONE = "none"
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+# ModelConfig fields LiteGPT does not use, with the value that means "not set": any other value is an error.
+UNSUPPORTED_MODEL_CONFIG = {
+    "use_peft": True,
+    "lora_target_parameters": None,
+    "lora_modules_to_save": None,
+    "lora_task_type": "CAUSAL_LM",
+    "bnb_4bit_quant_storage": None,
+}
+UNSUPPORTED_REASONS = {
+    "use_peft": "LiteGPT always trains LoRA on the language model (and the projector in full)",
+    "lora_target_parameters": "LoRA targets the language model's projections (lora_target_modules)",
+    "lora_modules_to_save": "what trains in full is set by train_projector / train_vision_towers",
+    "lora_task_type": "LiteGPT is a causal language model (CAUSAL_LM)",
+    "bnb_4bit_quant_storage": "4-bit weights use bitsandbytes' default storage",
+}
 
 
 @dataclass
-class LiteGPTScriptArguments:
-    """What `train_sft.py` needs besides TRL's `SFTConfig` (one YAML holds both; unknown keys are errors)."""
+class LiteGPTModelConfig(ModelConfig):
+    """TRL's `ModelConfig` with LiteGPT's defaults (the paper's LoRA: r 64 on q/v, alpha 16, dropout 0.05; 4-bit as
+    nf4 with double quantisation), the demo's `base_preset` and the Hub id of the base."""
 
-    model_name_or_path: str = field(
-        default=None,
-        metadata={"help": "LiteGPT base checkpoint (folder or Hub id) carrying the remote code; see scripts/convert_litegpt.py"},
-    )
     model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the base (pin it with remote code)"})
+    dtype: str = field(
+        default="float32",
+        metadata={"help": f"dtype the weights load in, one of {DTYPE_CHOICES}; mixed precision is SFTConfig's bf16/fp16"},
+    )
+    use_peft: bool = field(default=True, metadata={"help": "always true: LiteGPT trains LoRA"})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank on the LM's q/v ([P] 64)"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha ([C] 16)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout ([C] 0.05)"})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(PAPER_LORA_MODULES),
+        metadata={"help": "projections of the LM's decoder layers that get LoRA ([P] q_proj, v_proj); choices "
+                          f"{list(LM_LORA_MODULE_CHOICES)}. Only the LM's layers are matched, never the encoders'"},
+    )
+    use_bnb_nested_quant: bool = field(
+        default=True, metadata={"help": "double quantisation of 4-bit weights ([C]'s 4-bit option)"}
+    )
     base_preset: str | None = field(
         default=None,
         metadata={"help": "offline demo: if model_name_or_path does not exist, build it from this LiteGPTConfig preset "
-                          "with the SmolLM2 GGUF LM (scripts.litegpt_checkpoint)"},
+                          "with the SmolLM2 GGUF LM (litegpt_train.base.build_base_checkpoint)"},
     )
+    encoder_warmup_epochs: int = field(
+        default=0,
+        metadata={"help": "DEMO-ONLY: when this script builds the base (base_preset), first train its random vision "
+                          "encoders this many epochs on the first stage's training images (patch x local-label "
+                          "targets, litegpt_train.encoder_warmup), a stand-in for the pretraining the paper's encoders "
+                          "have; they are frozen again for the SFT stages. 0: off (the paper)"},
+    )
+    encoder_warmup_learning_rate: float = field(
+        default=1e-3, metadata={"help": "learning rate of the demo-only encoder warm-up"}
+    )
+    hub_base_model_id: str | None = field(
+        default=None,
+        metadata={"help": "Hub id of the base recorded in pushed adapters (base_model_name_or_path); needed when the "
+                          "base was loaded from a local folder"},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        # ModelConfig turns a one-element list into a string; LiteGPT keeps the list of projection names.
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = [self.lora_target_modules]
+        if not self.model_name_or_path:
+            raise ValueError("model_name_or_path is required: a LiteGPT base folder or Hub id")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {self.dtype!r}")
+        unknown_modules = sorted(set(self.lora_target_modules or ()) - set(LM_LORA_MODULE_CHOICES))
+        if unknown_modules or not self.lora_target_modules:
+            raise ValueError(
+                f"lora_target_modules must be a non-empty subset of {list(LM_LORA_MODULE_CHOICES)}, got "
+                f"{self.lora_target_modules!r}"
+            )
+        for name, unset in UNSUPPORTED_MODEL_CONFIG.items():
+            if getattr(self, name) != unset:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not supported: {UNSUPPORTED_REASONS[name]}")
+        if self.encoder_warmup_epochs < 0:
+            raise ValueError(f"encoder_warmup_epochs must be >= 0, got {self.encoder_warmup_epochs}")
+        if self.encoder_warmup_epochs and not self.base_preset:
+            raise ValueError(
+                "encoder_warmup_epochs warms up the random encoders of a base this script builds (base_preset); it "
+                "never changes an existing base"
+            )
+        if self.encoder_warmup_epochs and not self.encoder_warmup_learning_rate > 0:
+            raise ValueError(f"encoder_warmup_learning_rate must be > 0, got {self.encoder_warmup_learning_rate}")
+
+    @property
+    def quantization_bits(self) -> int | None:
+        """8 or 4 when the language model loads quantised, else None."""
+        return 8 if self.load_in_8bit else 4 if self.load_in_4bit else None
+
+
+@dataclass
+class StageArguments:
+    """Which stages train, in which order, from which adapter."""
+
     stages: list[str] = field(
         default_factory=lambda: ["grounding", "diagnosis"],
         metadata={"help": f"stages in order, each from the previous one's weights; choices {sorted(STAGE_SOURCES)}"},
@@ -53,6 +150,43 @@ class LiteGPTScriptArguments:
                           "scripts/convert_litegpt.py ([C]'s stage-1 init), or a finished stage (e.g. runs/grounding); "
                           "'none' or empty: a fresh LoRA"},
     )
+    stage_overrides: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "per-stage SFTConfig overrides, e.g. {\"diagnosis\": {\"num_train_epochs\": 10}}"},
+    )
+    overwrite_stages: bool = field(
+        default=False, metadata={"help": "retrain stages whose output folder already holds a finished adapter"}
+    )
+
+    def __post_init__(self):
+        self.stage_overrides = _as_dict("stage_overrides", self.stage_overrides)
+        if self.init_from in ("", INIT_NONE):
+            self.init_from = None
+        stages = self.stage_list
+        if not stages:
+            raise ValueError("no stage to train: set `stages` or `--stage`")
+        for stage in stages:
+            _check_stage(stage)
+        if len(set(stages)) != len(stages):
+            raise ValueError(f"a stage appears twice in {stages}")
+        for stage, overrides in self.stage_overrides.items():
+            if stage not in STAGE_SOURCES:
+                raise ValueError(f"stage_overrides: unknown stage {stage!r}; choices: {sorted(STAGE_SOURCES)}")
+            if not isinstance(overrides, dict):
+                # a configuration error like every other here (what TrlParser reports), not a TypeError
+                raise ValueError(f"stage_overrides[{stage!r}] must be a mapping of SFTConfig fields")  # noqa: TRY004
+            if "output_dir" in overrides:
+                raise ValueError("stage_overrides cannot move output_dir: stage outputs are <output_dir>/<stage>")
+
+    @property
+    def stage_list(self) -> list[str]:
+        return [self.stage] if self.stage else list(self.stages)
+
+
+@dataclass
+class DataArguments:
+    """The datasets of the stages: the builders' folders and settings, mixing, and the demo's synthetic sample."""
+
     data_dir: str | None = field(default=None, metadata={"help": "VinDr-CXR folder (.../vindr-cxr/1.0.0)"})
     mimic_data_dir: str | None = field(default=None, metadata={"help": "folder holding mimic-cxr(-jpg)/... (report/existence)"})
     dataset_settings: dict[str, Any] | str | None = field(
@@ -72,29 +206,29 @@ class LiteGPTScriptArguments:
     synthetic_settings: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "arguments of datasets_scripts.synthetic.generate (n_train, n_test, seed, ...)"}
     )
-    encoder_warmup_epochs: int = field(
-        default=0,
-        metadata={"help": "DEMO-ONLY: when this script builds the base (base_preset), first train its random vision "
-                          "encoders this many epochs on the first stage's training images (patch x local-label "
-                          "targets, litegpt_train.encoder_warmup), a stand-in for the pretraining the paper's encoders "
-                          "have; they are frozen again for the SFT stages. 0: off (the paper)"},
-    )
-    encoder_warmup_learning_rate: float = field(
-        default=1e-3, metadata={"help": "learning rate of the demo-only encoder warm-up"}
-    )
-    model_dtype: str = field(
-        default="float32",
-        metadata={"help": "dtype the weights load in (auto, float32, bfloat16, float16); mixed precision is SFTConfig's bf16/fp16"},
-    )
-    quantization: str = field(default="none", metadata={"help": f"LM weights: {QUANTIZATION_CHOICES} (paper: 8bit)"})
-    lora_r: int = field(default=64, metadata={"help": "LoRA rank on the LM's q/v ([P] 64)"})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha ([C] 16)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout ([C] 0.05)"})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: list(PAPER_LORA_MODULES),
-        metadata={"help": "projections of the LM's decoder layers that get LoRA ([P] q_proj, v_proj); choices "
-                          f"{list(LM_LORA_MODULE_CHOICES)}. Only the LM's layers are matched, never the encoders'"},
-    )
+
+    def __post_init__(self):
+        for name in ("dataset_settings", "mimic_settings", "mix", "synthetic_settings"):
+            setattr(self, name, _as_dict(name, getattr(self, name)))
+        for tasks in self.mix.values():
+            for task in _task_list(tasks):
+                _check_stage(task)
+
+    def source(self, family: str) -> tuple[str | None, dict[str, Any]]:
+        """`(data folder, builder settings)` of a dataset family (`vindr_cxr` or `mimic_cxr`)."""
+        if family == "vindr_cxr":
+            return self.data_dir, self.dataset_settings
+        return self.mimic_data_dir, self.mimic_settings
+
+    def tasks_of(self, stage: str) -> list[str]:
+        """The stage's own task and the tasks `mix` adds to it."""
+        return [stage, *_task_list(self.mix.get(stage, []))]
+
+
+@dataclass
+class OptimisationArguments:
+    """What trains, at which learning rate, with which loss normalisation and schedule."""
+
     train_projector: bool = field(default=True, metadata={"help": "train the projector in full (modules_to_save)"})
     train_vision_towers: bool = field(
         default=False,
@@ -131,19 +265,33 @@ class LiteGPTScriptArguments:
     cache_projector_inputs: bool = field(
         default=False, metadata={"help": "compute the frozen encoders' output once per image and reuse it every epoch/stage"}
     )
-    stage_overrides: dict[str, Any] | str | None = field(
-        default=None,
-        metadata={"help": "per-stage SFTConfig overrides, e.g. {\"diagnosis\": {\"num_train_epochs\": 10}}"},
-    )
-    hub_base_model_id: str | None = field(
-        default=None,
-        metadata={"help": "Hub id of the base recorded in pushed adapters (base_model_name_or_path); needed when the "
-                          "base was loaded from a local folder"},
-    )
-    overwrite_stages: bool = field(
-        default=False, metadata={"help": "retrain stages whose output folder already holds a finished adapter"}
-    )
-    eval_after_training: bool = field(default=False, metadata={"help": "run eval.py on each finished stage"})
+
+    def __post_init__(self):
+        if self.loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {self.loss_normalization!r}")
+        for name in ("projector_learning_rate", "vision_tower_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.projector_alignment_steps < 0:
+            raise ValueError(f"projector_alignment_steps must be >= 0, got {self.projector_alignment_steps}")
+        if self.projector_alignment_steps and not self.train_projector:
+            raise ValueError("projector_alignment_steps trains the projector alone, but train_projector is off")
+        if self.projector_learning_rate is not None and not self.train_projector:
+            raise ValueError("projector_learning_rate is set but train_projector is off")
+        if self.vision_tower_learning_rate is not None and not self.train_vision_towers:
+            raise ValueError("vision_tower_learning_rate is set but train_vision_towers is off")
+        if self.cache_projector_inputs and self.train_vision_towers:
+            raise ValueError("cache_projector_inputs needs frozen encoders: it cannot be combined with train_vision_towers")
+
+
+@dataclass
+class EvalAfterTrainingArguments:
+    """The evaluation of each finished stage (`litegpt_eval.evaluate` on the stage's own task, into `<stage>/eval`)."""
+
+    eval_after_training: bool = field(default=False, metadata={"help": "evaluate each finished stage"})
     eval_split: str = field(default="test", metadata={"help": "split eval_after_training scores"})
     eval_batch_size: int = field(default=8, metadata={"help": "generation batch size of eval_after_training"})
     eval_dtype: str = field(
@@ -170,133 +318,94 @@ class LiteGPTScriptArguments:
     )
 
     def __post_init__(self):
-        for name in ("dataset_settings", "mimic_settings", "mix", "stage_overrides", "synthetic_settings"):
-            setattr(self, name, _as_dict(name, getattr(self, name)))
-        if self.init_from in ("", INIT_NONE):
-            self.init_from = None
+        if self.eval_dtype not in DTYPE_CHOICES:
+            raise ValueError(f"eval_dtype must be one of {DTYPE_CHOICES}, got {self.eval_dtype!r}")
 
-    @property
-    def stage_list(self) -> list[str]:
-        return [self.stage] if self.stage else list(self.stages)
-
-
-def _as_dict(name: str, value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--{name} must be a JSON object, got {value!r}: {err}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} must be a mapping, got {type(value).__name__}")
-    return dict(value)
+    def wants_label_scores(self, stage: str) -> bool:
+        """Whether `stage`'s eval computes the teacher-forced label probabilities (`eval_label_scores`, restricted to
+        `eval_label_score_stages` when that is set)."""
+        chosen = self.eval_label_score_stages
+        return bool(self.eval_label_scores) and (chosen is None or stage in chosen)
 
 
-def check_arguments(script_args: LiteGPTScriptArguments, sft_fields: set[str]) -> None:
-    """Raise `ValueError` naming the first problem of the run's configuration (nothing loaded yet)."""
-    if not script_args.model_name_or_path:
-        raise ValueError("model_name_or_path is required: a LiteGPT base folder or Hub id")
-    stages = script_args.stage_list
-    if not stages:
-        raise ValueError("no stage to train: set `stages` or `--stage`")
-    for stage in stages + [t for tasks in script_args.mix.values() for t in _task_list(tasks)]:
-        if stage not in STAGE_SOURCES:
-            raise ValueError(f"unknown stage/task {stage!r}; choices: {sorted(STAGE_SOURCES)}")
-    if len(set(stages)) != len(stages):
-        raise ValueError(f"a stage appears twice in {stages}")
-    for stage in script_args.mix:
-        if stage not in stages:
-            raise ValueError(f"`mix` names stage {stage!r}, which is not trained in this run ({stages})")
-    for stage, overrides in script_args.stage_overrides.items():
-        if stage not in STAGE_SOURCES:
-            raise ValueError(f"stage_overrides: unknown stage {stage!r}; choices: {sorted(STAGE_SOURCES)}")
-        if not isinstance(overrides, dict):
-            raise ValueError(f"stage_overrides[{stage!r}] must be a mapping of SFTConfig fields")
+ARGUMENT_GROUPS = (LiteGPTModelConfig, StageArguments, DataArguments, OptimisationArguments, EvalAfterTrainingArguments)
+OWN_GROUPS = ("model", "stages", "data", "optimisation", "evaluation")
+
+
+@dataclass
+class RunArguments:
+    """Everything a `train_sft.py` run is given, by group (`sft` is TRL's `SFTConfig`)."""
+
+    model: LiteGPTModelConfig
+    stages: StageArguments
+    data: DataArguments
+    optimisation: OptimisationArguments
+    evaluation: EvalAfterTrainingArguments
+    sft: Any
+
+    def record(self) -> dict[str, dict[str, Any]]:
+        """Our groups as JSON-ready dicts, by group name (the training record and the model card add the stage's
+        `SFTConfig`)."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in OWN_GROUPS}
+
+
+def check_run(run: RunArguments) -> None:
+    """Raise `ValueError` / `FileNotFoundError` naming the first problem that spans groups (nothing loaded yet); each
+    group checked itself when it was built."""
+    stages, data, opt, model = run.stages, run.data, run.optimisation, run.model
+    for stage in data.mix:
+        if stage not in stages.stage_list:
+            raise ValueError(f"`mix` names stage {stage!r}, which is not trained in this run ({stages.stage_list})")
+    sft_fields = {f.name for f in dataclasses.fields(type(run.sft))}
+    for stage, overrides in stages.stage_overrides.items():
         unknown = sorted(set(overrides) - sft_fields)
         if unknown:
             raise ValueError(f"stage_overrides[{stage!r}]: {unknown} are not SFTConfig fields")
-        if "output_dir" in overrides:
-            raise ValueError("stage_overrides cannot move output_dir: stage outputs are <output_dir>/<stage>")
-    if script_args.quantization not in QUANTIZATION_CHOICES:
-        raise ValueError(f"quantization must be one of {QUANTIZATION_CHOICES}, got {script_args.quantization!r}")
-    unknown_modules = sorted(set(script_args.lora_target_modules) - set(LM_LORA_MODULE_CHOICES))
-    if unknown_modules or not script_args.lora_target_modules:
-        raise ValueError(
-            f"lora_target_modules must be a non-empty subset of {list(LM_LORA_MODULE_CHOICES)}, got "
-            f"{script_args.lora_target_modules!r}"
-        )
-    if script_args.loss_normalization not in LOSS_NORMALIZATIONS:
-        raise ValueError(f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {script_args.loss_normalization!r}")
-    for name in ("projector_learning_rate", "vision_tower_learning_rate"):
-        value = getattr(script_args, name)
-        if value is not None and not value > 0:
-            raise ValueError(f"{name} must be a positive number, got {value!r}")
-    if script_args.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {script_args.lr_schedule!r}")
-    for stage in script_args.eval_label_score_stages or []:
-        if stage not in stages:
-            raise ValueError(f"eval_label_score_stages names stage {stage!r}, which is not trained in this run ({stages})")
-    if script_args.eval_dtype not in EVAL_DTYPES:
-        raise ValueError(f"eval_dtype must be one of {EVAL_DTYPES}, got {script_args.eval_dtype!r}")
-    if script_args.encoder_warmup_epochs < 0:
-        raise ValueError(f"encoder_warmup_epochs must be >= 0, got {script_args.encoder_warmup_epochs}")
-    if script_args.encoder_warmup_epochs and not script_args.base_preset:
-        raise ValueError(
-            "encoder_warmup_epochs warms up the random encoders of a base this script builds (base_preset); it never "
-            "changes an existing base"
-        )
-    if script_args.encoder_warmup_epochs and not script_args.encoder_warmup_learning_rate > 0:
-        raise ValueError(f"encoder_warmup_learning_rate must be > 0, got {script_args.encoder_warmup_learning_rate}")
-    if script_args.projector_alignment_steps < 0:
-        raise ValueError(f"projector_alignment_steps must be >= 0, got {script_args.projector_alignment_steps}")
-    if script_args.projector_alignment_steps and not script_args.train_projector:
-        raise ValueError("projector_alignment_steps trains the projector alone, but train_projector is off")
-    if script_args.projector_alignment_steps and script_args.init_from:
+    for stage in run.evaluation.eval_label_score_stages or []:
+        if stage not in stages.stage_list:
+            raise ValueError(
+                f"eval_label_score_stages names stage {stage!r}, which is not trained in this run ({stages.stage_list})"
+            )
+    if opt.projector_alignment_steps and stages.init_from:
         raise ValueError(
             "projector_alignment_steps applies to a stage that starts from a fresh projector; init_from "
-            f"{script_args.init_from} brings a trained one"
+            f"{stages.init_from} brings a trained one"
         )
-    if script_args.projector_learning_rate is not None and not script_args.train_projector:
-        raise ValueError("projector_learning_rate is set but train_projector is off")
-    if script_args.vision_tower_learning_rate is not None and not script_args.train_vision_towers:
-        raise ValueError("vision_tower_learning_rate is set but train_vision_towers is off")
-    if script_args.cache_projector_inputs and script_args.train_vision_towers:
-        raise ValueError("cache_projector_inputs needs frozen encoders: it cannot be combined with train_vision_towers")
-    families = {STAGE_SOURCES[t][0] for s in stages for t in [s, *_task_list(script_args.mix.get(s, []))]}
-    if "vindr_cxr" in families and not script_args.data_dir:
+    families = {STAGE_SOURCES[task][0] for stage in stages.stage_list for task in data.tasks_of(stage)}
+    if "vindr_cxr" in families and not data.data_dir:
         raise ValueError("the VinDr-CXR stages need data_dir (the vindr-cxr/1.0.0 folder)")
-    if "mimic_cxr" in families and not script_args.mimic_data_dir:
+    if "mimic_cxr" in families and not data.mimic_data_dir:
         raise ValueError("the MIMIC-CXR stages need mimic_data_dir")
     for name in ("data_dir", "mimic_data_dir"):
-        path = getattr(script_args, name)
-        if path and not Path(path).exists() and not script_args.synthetic_data:
+        path = getattr(data, name)
+        if path and not Path(path).exists() and not data.synthetic_data:
             raise FileNotFoundError(f"{name} {path} does not exist")
-    if script_args.init_from:
-        resolve_adapter_config(script_args.init_from, what="init_from")
-    base = script_args.model_name_or_path
-    if not looks_like_hub_id(base) and not Path(base).exists() and not script_args.base_preset:
+    if stages.init_from:
+        resolve_adapter_config(stages.init_from, what="init_from")
+    base = model.model_name_or_path
+    if not looks_like_hub_id(base) and not Path(base).exists() and not model.base_preset:
         raise FileNotFoundError(f"model_name_or_path {base} does not exist (set base_preset to build the demo base)")
+    check_lr_schedule(opt, stages, run.sft)
 
 
-def check_lr_schedule(script_args: LiteGPTScriptArguments, training_args: Any) -> None:
+def check_lr_schedule(opt: OptimisationArguments, stages: StageArguments, training_args: Any) -> None:
     """A MiniGPT-v2 `lr_schedule` replaces SFTConfig's scheduler: setting both is an error, not a silent choice."""
-    if script_args.lr_schedule == TRAINER_SCHEDULE:
+    if opt.lr_schedule == TRAINER_SCHEDULE:
         return
     default_type = type(training_args).__dataclass_fields__["lr_scheduler_type"].default
     settings = [("the run", {"lr_scheduler_type": training_args.lr_scheduler_type,
                              "lr_scheduler_kwargs": training_args.lr_scheduler_kwargs})]  # fmt: skip
-    settings += [(f"stage_overrides[{stage!r}]", overrides) for stage, overrides in script_args.stage_overrides.items()]
+    settings += [(f"stage_overrides[{stage!r}]", overrides) for stage, overrides in stages.stage_overrides.items()]
     for where, values in settings:
         scheduler_type = values.get("lr_scheduler_type")
         if scheduler_type is not None and str(getattr(scheduler_type, "value", scheduler_type)) != str(default_type):
             raise ValueError(
-                f"lr_schedule {script_args.lr_schedule!r} sets the learning-rate schedule, but {where} also sets "
+                f"lr_schedule {opt.lr_schedule!r} sets the learning-rate schedule, but {where} also sets "
                 f"lr_scheduler_type {getattr(scheduler_type, 'value', scheduler_type)!r}: remove one (lr_schedule: "
                 f"{TRAINER_SCHEDULE} uses lr_scheduler_type; the MiniGPT-v2 schedules are {sorted(MINIGPTV2_SCHEDULES)})"
             )
         if values.get("lr_scheduler_kwargs"):
-            raise ValueError(f"lr_schedule {script_args.lr_schedule!r} takes no lr_scheduler_kwargs ({where} sets "
+            raise ValueError(f"lr_schedule {opt.lr_schedule!r} takes no lr_scheduler_kwargs ({where} sets "
                              f"{values['lr_scheduler_kwargs']})")  # fmt: skip
 
 
@@ -313,11 +422,29 @@ def resolve_adapter_config(adapter: str, what: str = "adapter", revision: str | 
         from huggingface_hub import hf_hub_download
 
         return json.loads(Path(hf_hub_download(adapter, "adapter_config.json", revision=revision)).read_text())
-    except Exception as err:  # offline, missing repo, no access: all mean "cannot start from it"
+    except Exception as err:  # noqa: BLE001 - offline, missing repo, no access: all mean "cannot start from it"
         raise FileNotFoundError(
             f"{what} {adapter}: not a local folder, and its adapter_config.json could not be fetched from the Hub "
             f"({type(err).__name__}: {err})"
         ) from None
+
+
+def _as_dict(name: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--{name} must be a JSON object, got {value!r}: {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a mapping, got {type(value).__name__}")  # noqa: TRY004 (a config error)
+    return dict(value)
+
+
+def _check_stage(stage: str) -> None:
+    if stage not in STAGE_SOURCES:
+        raise ValueError(f"unknown stage/task {stage!r}; choices: {sorted(STAGE_SOURCES)}")
 
 
 def _task_list(tasks: Any) -> list[str]:
@@ -329,20 +456,20 @@ def looks_like_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not Path(name).exists() and not name.startswith((".", "/", "~"))
 
 
-def sft_config_fields(sft_config_cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(sft_config_cls)}
-
-
 __all__ = [
+    "ARGUMENT_GROUPS",
     "INIT_NONE",
     "LM_LORA_MODULE_CHOICES",
     "PAPER_LORA_MODULES",
-    "QUANTIZATION_CHOICES",
     "STAGE_SOURCES",
-    "LiteGPTScriptArguments",
-    "check_arguments",
+    "DataArguments",
+    "EvalAfterTrainingArguments",
+    "LiteGPTModelConfig",
+    "OptimisationArguments",
+    "RunArguments",
+    "StageArguments",
     "check_lr_schedule",
+    "check_run",
     "looks_like_hub_id",
     "resolve_adapter_config",
-    "sft_config_fields",
 ]

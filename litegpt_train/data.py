@@ -8,9 +8,9 @@ from typing import Any
 
 import datasets
 
-from processing_litegpt import messages_text
+from codec_litegpt import messages_text
 
-from .arguments import STAGE_SOURCES, LiteGPTScriptArguments
+from .arguments import STAGE_SOURCES, DataArguments
 
 logger = logging.getLogger(__name__)
 
@@ -27,19 +27,18 @@ class StageData:
     sources: list[dict[str, Any]] = field(default_factory=list)
 
 
-def build_task_dataset(script_args: LiteGPTScriptArguments, task: str, num_proc: int | None = None) -> tuple[datasets.DatasetDict, dict[str, Any]]:
+def build_task_dataset(
+    data_args: DataArguments, task: str, num_proc: int | None = None
+) -> tuple[datasets.DatasetDict, dict[str, Any]]:
     """Prepare one task with its builder; returns the splits and a JSON-ready description of the source."""
     family, config_name = STAGE_SOURCES[task]
     if family == "vindr_cxr":
         from datasets_scripts.vindr_cxr import VinDrCXR as Builder
-
-        data_dir, settings = script_args.data_dir, script_args.dataset_settings
     else:
         from datasets_scripts.mimic_cxr import MIMICCXR as Builder
-
-        data_dir, settings = script_args.mimic_data_dir, script_args.mimic_settings
+    data_dir, settings = data_args.source(family)
     try:
-        builder = Builder(config_name=config_name, data_dir=data_dir, cache_dir=script_args.dataset_cache_dir, **settings)
+        builder = Builder(config_name=config_name, data_dir=data_dir, cache_dir=data_args.dataset_cache_dir, **settings)
     except TypeError as err:  # an unknown setting name
         raise ValueError(f"{family} settings {sorted(settings)}: {err}") from None
     builder.download_and_prepare(num_proc=num_proc)
@@ -76,15 +75,12 @@ def check_rows_match_processor(rows: datasets.Dataset, processor: Any, task: str
         )
 
 
-def load_stage_data(
-    script_args: LiteGPTScriptArguments, stage: str, processor: Any, num_proc: int | None = None
-) -> StageData:
+def load_stage_data(data_args: DataArguments, stage: str, processor: Any, num_proc: int | None = None) -> StageData:
     """Rows of `stage` plus the tasks `mix` adds to it, as TRL prompt-completion columns; errors if empty."""
-    extra = script_args.mix.get(stage, [])
-    tasks = [stage, *([extra] if isinstance(extra, str) else extra)]
+    tasks = data_args.tasks_of(stage)
     train_parts, validation_parts, sources = [], [], []
     for task in tasks:
-        splits, source = build_task_dataset(script_args, task, num_proc)
+        splits, source = build_task_dataset(data_args, task, num_proc)
         sources.append(source)
         if "train" not in splits or len(splits["train"]) == 0:
             raise ValueError(
@@ -97,8 +93,8 @@ def load_stage_data(
             validation_parts.append(splits["validation"].select_columns(TRL_COLUMNS))
     # Mixed tasks are interleaved once with a fixed seed; the trainer's sampler reshuffles every epoch.
     train = _concatenate(train_parts, seed=0)
-    if script_args.max_train_samples:
-        train = train.select(range(min(script_args.max_train_samples, len(train))))
+    if data_args.max_train_samples:
+        train = train.select(range(min(data_args.max_train_samples, len(train))))
     validation = _concatenate(validation_parts, seed=0) if validation_parts else None
     logger.info("stage %s: %d training rows from %s", stage, len(train), tasks)
     return StageData(stage=stage, train=train, validation=validation, sources=sources)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from processing_litegpt import VINDR_LOCAL_LABELS
+from codec_litegpt import VINDR_LOCAL_LABELS
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ import yaml
 
 logger = logging.getLogger(__name__)
 
-# Files of a stage folder that belong on the Hub; training_args.bin (pickle), checkpoints and TensorBoard
-# event files stay local.
+# Files of a stage folder that belong on the Hub, besides the processor's remote code (`remote_code_files`);
+# training_args.bin (pickle), checkpoints and TensorBoard event files stay local.
 REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors", "processor_config.json", "README.md")
 OPTIONAL_FILES = (
     "chat_template.jinja",
@@ -31,29 +31,58 @@ OPTIONAL_FILES = (
     "added_tokens.json",
     "vocab.json",
     "merges.txt",
-    "processing_litegpt.py",
-    "configuration_litegpt.py",
     "litegpt_training.json",
     "training_log.csv",
     "eval/metrics.json",
     "eval/report.md",
 )
 TRAINING_RECORD = "litegpt_training.json"
+# Remote code enters a folder through these files; the siblings they import relatively come with them.
+PROCESSOR_CODE = "processing_litegpt.py"
+MODEL_CODE = "modeling_litegpt.py"
+
+
+def remote_code_files(folder: str | Path, entry_files: Iterable[str]) -> list[str]:
+    """The remote code of `folder` reached from `entry_files`: each entry and, recursively, every sibling it imports
+    relatively (`from .x import ...`), which is what transformers copies on `save_pretrained` and downloads from the
+    Hub with it. Sorted names; an imported sibling missing from the folder is listed too (callers check presence)."""
+    from transformers.dynamic_module_utils import get_relative_imports
+
+    folder = Path(folder)
+    found: set[str] = set()
+    pending = list(entry_files)
+    while pending:
+        name = pending.pop()
+        if name in found:
+            continue
+        found.add(name)
+        if (folder / name).is_file():
+            pending += [f"{module}.py" for module in get_relative_imports(folder / name)]
+    return sorted(found)
+
+
+def missing_files(folder: str | Path, names: Iterable[str]) -> list[str]:
+    """The names of `names` that are not files in `folder`."""
+    return [name for name in names if not (Path(folder) / name).is_file()]
 
 
 def upload_file_set(stage_dir: str | Path) -> list[str]:
-    """Relative paths `push_stage` uploads from `stage_dir` (sorted); raises if a required file is missing."""
-    return select_file_set(stage_dir, REQUIRED_FILES, OPTIONAL_FILES, "a finished stage")
+    """Relative paths `push_stage` uploads from `stage_dir` (sorted): the required files, the optional ones present
+    and the processor's remote code. Raises naming what is missing (a required file, an imported sibling)."""
+    stage_dir = Path(stage_dir)
+    code = remote_code_files(stage_dir, [PROCESSOR_CODE]) if (stage_dir / PROCESSOR_CODE).is_file() else []
+    return select_file_set(stage_dir, (*REQUIRED_FILES, *code), OPTIONAL_FILES, "a finished stage")
 
 
-def select_file_set(folder: str | Path, required: tuple[str, ...], optional: tuple[str, ...], what: str) -> list[str]:
-    """The `required` files (all must exist, else an error saying `folder` is not `what`) and the `optional` ones
-    that exist, as sorted relative paths."""
-    folder = Path(folder)
-    missing = [name for name in required if not (folder / name).is_file()]
+def select_file_set(folder: str | Path, required: Iterable[str], optional: Iterable[str], what: str) -> list[str]:
+    """The `required` files (all must exist, else an error saying `folder` is not `what` and naming the missing ones)
+    and the `optional` ones that exist, as sorted relative paths (LiteGPT's stages and MedKLIP's runs)."""
+    required = list(required)
+    missing = missing_files(folder, required)
     if missing:
         raise FileNotFoundError(f"{folder} is not {what}: missing {missing}")
-    return sorted(name for name in required + optional if (folder / name).is_file())
+    present = [name for name in optional if (Path(folder) / name).is_file()]
+    return sorted({*required, *present})
 
 
 def staged_upload_folder(stage_dir: str | Path, hub_base_model_id: str, out_dir: str | Path) -> list[str]:
@@ -210,13 +239,17 @@ def _jsonable(value: Any) -> Any:
 
 
 __all__ = [
+    "MODEL_CODE",
     "OPTIONAL_FILES",
+    "PROCESSOR_CODE",
     "REQUIRED_FILES",
     "TRAINING_RECORD",
+    "missing_files",
     "push_stage",
+    "remote_code_files",
     "select_file_set",
     "staged_upload_folder",
-    "upload_staged_copy",
     "upload_file_set",
+    "upload_staged_copy",
     "write_model_card",
 ]

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .arguments import PAPER_LORA_MODULES, LiteGPTScriptArguments, resolve_adapter_config
+from .arguments import PAPER_LORA_MODULES, LiteGPTModelConfig, OptimisationArguments, resolve_adapter_config
 
 logger = logging.getLogger(__name__)
 
@@ -19,28 +19,33 @@ VISION_TOWER_MODULES = ["biomed_vision_tower", "pubmed_vision_tower"]
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_base_model(script_args: LiteGPTScriptArguments, gradient_checkpointing: bool = False) -> torch.nn.Module:
+def load_base_model(
+    model_args: LiteGPTModelConfig, opt: OptimisationArguments, gradient_checkpointing: bool = False
+) -> torch.nn.Module:
     """`AutoModelForImageTextToText` with the base's remote code; LM optionally 8/4-bit; encoders frozen."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    kwargs: dict[str, Any] = {"trust_remote_code": True, "revision": script_args.model_revision}
-    if script_args.model_dtype not in DTYPES:
-        raise ValueError(f"model_dtype must be one of {sorted(DTYPES)}, got {script_args.model_dtype!r}")
-    kwargs["dtype"] = DTYPES[script_args.model_dtype]
-    if script_args.quantization != "none":
+    kwargs: dict[str, Any] = {"trust_remote_code": True, "revision": model_args.model_revision}
+    kwargs["dtype"] = DTYPES[model_args.dtype]
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    bits = model_args.quantization_bits
+    if bits:
         from accelerate import PartialState
 
         from modeling_litegpt import bnb_quantization_config
 
-        config = AutoConfig.from_pretrained(script_args.model_name_or_path, **kwargs)
-        bits = int(script_args.quantization.removesuffix("bit"))
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, **kwargs)
         compute_dtype = kwargs["dtype"] if isinstance(kwargs["dtype"], torch.dtype) else torch.float32
-        kwargs["quantization_config"] = bnb_quantization_config(config, bits=bits, compute_dtype=compute_dtype)
+        kwargs["quantization_config"] = bnb_quantization_config(
+            config, bits=bits, compute_dtype=compute_dtype, quant_type=model_args.bnb_4bit_quant_type,
+            double_quant=model_args.use_bnb_nested_quant,
+        )  # fmt: skip
         # One full copy per process (DDP); bitsandbytes weights cannot be moved after loading.
         kwargs["device_map"] = {"": PartialState().local_process_index if torch.cuda.is_available() else "cpu"}
-    model = AutoModelForImageTextToText.from_pretrained(script_args.model_name_or_path, **kwargs)
-    model.freeze_vision()  # loading resets requires_grad (DESIGN.md §6); from_pretrained also does it
-    if script_args.quantization != "none":
+    model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, **kwargs)
+    model.freeze_vision()  # loading resets requires_grad; from_pretrained also does it
+    if bits:
         from peft import prepare_model_for_kbit_training
 
         # Freezes everything, upcasts the non-quantised modules (towers, projector, head) to fp32.
@@ -49,7 +54,7 @@ def load_base_model(script_args: LiteGPTScriptArguments, gradient_checkpointing:
             use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
-    if script_args.train_vision_towers:
+    if opt.train_vision_towers:
         model.freeze_vision(False)
     return model
 
@@ -90,20 +95,22 @@ def fit_projector_input_standardization(
     return count
 
 
-def lora_config_for(script_args: LiteGPTScriptArguments, base_model_name_or_path: str):
+def lora_config_for(model_args: LiteGPTModelConfig, opt: OptimisationArguments, base_model_name_or_path: str):
     """The paper's LoRA (q/v of the LM, r/alpha/dropout from the config), projector (and demo towers) in full."""
-    from scripts.litegpt_checkpoint import make_lora_config
+    from modeling_litegpt import LiteGPTForConditionalGeneration
 
-    config = make_lora_config(
-        r=script_args.lora_r,
-        lora_alpha=script_args.lora_alpha,
-        lora_dropout=script_args.lora_dropout,
-        train_projector=script_args.train_projector,
+    config = LiteGPTForConditionalGeneration.lora_config(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        train_projector=opt.train_projector,
         base_model_name_or_path=base_model_name_or_path,
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
     )
-    if tuple(script_args.lora_target_modules) != PAPER_LORA_MODULES:
-        config.target_modules = language_model_lora_targets(script_args.lora_target_modules)
-    if script_args.train_vision_towers:
+    if tuple(model_args.lora_target_modules) != PAPER_LORA_MODULES:
+        config.target_modules = language_model_lora_targets(model_args.lora_target_modules)
+    if opt.train_vision_towers:
         config.modules_to_save = list(config.modules_to_save or []) + VISION_TOWER_MODULES
     return config
 
@@ -116,7 +123,9 @@ def language_model_lora_targets(module_names: Sequence[str]) -> str:
     return r".*\.language_model\.layers\.\d+\.(self_attn|mlp)\.(" + "|".join(sorted(module_names)) + ")"
 
 
-def attach_adapter(model: torch.nn.Module, script_args: LiteGPTScriptArguments, init_from: str | None):
+def attach_adapter(
+    model: torch.nn.Module, model_args: LiteGPTModelConfig, opt: OptimisationArguments, init_from: str | None
+):
     """A trainable `PeftModel`: continued from `init_from` (checked against the base first) or a fresh LoRA."""
     from peft import PeftModel, get_peft_model
 
@@ -125,12 +134,12 @@ def attach_adapter(model: torch.nn.Module, script_args: LiteGPTScriptArguments, 
         model = PeftModel.from_pretrained(model, init_from, is_trainable=True)
         logger.info("continuing the adapter of %s", init_from)
     else:
-        model = get_peft_model(model, lora_config_for(script_args, script_args.model_name_or_path))
-    if script_args.train_vision_towers:
+        model = get_peft_model(model, lora_config_for(model_args, opt, model_args.model_name_or_path))
+    if opt.train_vision_towers:
         for name, param in model.named_parameters():
             if any(f"{tower}.modules_to_save" in name for tower in VISION_TOWER_MODULES):
                 param.requires_grad_(True)
-    check_trainable_parameters(model, allow_towers=script_args.train_vision_towers)
+    check_trainable_parameters(model, allow_towers=opt.train_vision_towers)
     return model
 
 
@@ -232,9 +241,9 @@ __all__ = [
     "attach_adapter",
     "check_adapter_matches_base",
     "check_trainable_parameters",
-    "load_base_model",
-    "parameter_role",
     "language_model_lora_targets",
+    "load_base_model",
     "lora_config_for",
+    "parameter_role",
     "trainable_parameter_groups",
 ]

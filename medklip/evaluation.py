@@ -6,23 +6,27 @@ prediction records LiteGPT's existence answers have (`litegpt_eval.records`): `i
 the reference (`entity`, `label`). `litegpt_eval.scoring.score_records` then scores both models with the same code:
 per-entity AUC, accuracy, validation thresholds, bootstrap intervals, baselines.
 
-`eval.py --model <MedKLIP folder> --dataset mimic_cxr:existence ...` calls `generate_predictions` (the only MedKLIP
-hook in eval.py). It also writes `figures/medklip_attention_<entity>.png`: one test image with the entity's
-cross-attention over the patches (mean over decoder layers), upsampled and overlaid.
+`generate_predictions` is MedKLIP's generation step for `litegpt_eval.evaluate(args, generate=...)`:
+`eval.py --model <MedKLIP folder> --dataset mimic_cxr:existence ...` passes it, and so does the evaluation after
+training (`medklip.training.evaluate_run`). It also writes `figures/medklip_attention_<entity>.png`:
+one test image with the entity's cross-attention over the patches (mean over decoder layers), upsampled and overlaid.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from litegpt_eval.arguments import EvalArguments
+    from litegpt_eval.evaluation import Generated
 
 logger = logging.getLogger(__name__)
 
@@ -178,13 +182,15 @@ def heatmap_figure(model: Any, image_processor: Any, rows: Any, out_dir: Path, e
     return None
 
 
-# ============================================================================================== eval.py hook
+# ============================================================================================== evaluation hook
 
 
-def generate_predictions(args: argparse.Namespace, out_dir: Path, manifest: dict[str, Any]) -> tuple[list[Path], dict[str, Any], dict[str, Any]]:
-    """`eval.py`'s generation step for a MedKLIP checkpoint: predictions of `--split` (and of `--threshold_split`,
-    whose file becomes `args.thresholds_from`), the heatmap figure; returns (prediction files, manifest, images)."""
+def generate_predictions(args: EvalArguments, out_dir: Path) -> Generated:
+    """The generation step of a MedKLIP checkpoint: predictions of `split` (and of `threshold_split`, whose file the
+    thresholds come from), the heatmap figure. Refuses another task than MIMIC existence and text decoding options."""
+    from litegpt_eval.evaluation import Generated, base_manifest
     from litegpt_eval.generation import load_eval_dataset
+    from litegpt_eval.manifest import weight_hashes
     from litegpt_eval.records import PredictionsError
 
     if args.dataset and not args.dataset.startswith("mimic_cxr:existence") and ":" in args.dataset:
@@ -192,13 +198,14 @@ def generate_predictions(args: argparse.Namespace, out_dir: Path, manifest: dict
     if args.paper_decoding or args.do_sample:
         raise PredictionsError("a MedKLIP model does not decode text: --paper_decoding / --do_sample do not apply")
     model, image_processor = load_medklip(args.model, device=args.device, revision=args.revision)
+    manifest = {**base_manifest(args), "weights_sha256": weight_hashes(args.model)}
 
     def run(split: str, folder: Path, purpose: str) -> Path:
         rows, _ = load_eval_dataset(args.dataset, args.data_dir, split, args.num_proc, args.cache_dir, args.dataset_settings)
         if len(rows) == 0:
             raise PredictionsError(f"dataset {args.dataset} ({split}) has no rows")
         records = predict_existence(model, image_processor, rows, batch_size=args.batch_size, limit=args.limit,
-                                    progress=not args.no_progress)
+                                    progress=not args.no_progress)  # fmt: skip
         path = write_records(records, folder / PREDICTIONS_NAME)
         digest = hashlib.sha1("\n".join(sorted(r["id"] for r in records)).encode()).hexdigest()
         (folder / MANIFEST_NAME).write_text(json.dumps({**manifest, "split": split, "items": len(records),
@@ -210,11 +217,11 @@ def generate_predictions(args: argparse.Namespace, out_dir: Path, manifest: dict
         return path
 
     path = run(args.split, out_dir, "scored split")
+    thresholds_from = args.thresholds_from
     if args.threshold_split:
-        args.thresholds_from = str(run(args.threshold_split, out_dir / f"thresholds_{args.threshold_split}",
-                                       "validation thresholds"))
-    manifest = {**manifest, "split": args.split, "model_type": MODEL_TYPE}
-    return [path], manifest, {}
+        thresholds_from = str(run(args.threshold_split, out_dir / f"thresholds_{args.threshold_split}",
+                                  "validation thresholds"))  # fmt: skip
+    return Generated([path], {**manifest, "split": args.split, "model_type": MODEL_TYPE}, {}, thresholds_from)
 
 
 __all__ = [

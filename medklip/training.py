@@ -27,9 +27,12 @@ logger = logging.getLogger(__name__)
 
 TRAINING_RECORD = "medklip_training.json"
 LOSS_COMPONENTS = ("loss_cls", "loss_pos", "loss_sem")
-# Files of a finished run that belong on the Hub (checkpoints, TensorBoard events and training_args.bin stay local).
-REQUIRED_FILES = ("config.json", "model.safetensors", "configuration_medklip.py", "modeling_medklip.py",
-                  "preprocessor_config.json", "README.md")
+# Files of a finished run that belong on the Hub besides the remote code (checkpoints, TensorBoard events and
+# training_args.bin stay local).
+REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md")
+# The remote code enters through these files (the `auto_map` of config.json); the siblings they import relatively
+# come with them.
+REMOTE_CODE_ENTRIES = ("configuration_medklip.py", "modeling_medklip.py")
 OPTIONAL_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", TRAINING_RECORD,
                   "training_log.csv", "eval/metrics.json", "eval/report.md", "eval/existence_table.md",
                   "eval/existence_table.json")
@@ -185,21 +188,28 @@ class MedKLIPTrainer(Trainer):
 
 
 def evaluate_run(output_dir: Path, script_args: MedKLIPScriptArguments, batch_size: int = 16) -> Path:
-    """eval.py on `eval_split` (thresholds from `eval_threshold_split`, trivial baselines), then the study's table
-    (`eval/existence_table.md`)."""
-    import eval as eval_cli
+    """`litegpt_eval.evaluate` with MedKLIP's generation step on `eval_split` (thresholds from
+    `eval_threshold_split`, trivial baselines), then the study's table (`eval/existence_table.md`)."""
+    from litegpt_eval import EvalArguments, evaluate
     from litegpt_eval.existence_table import baseline_systems, load_eval_folder, render_markdown, study_table
 
+    from .evaluation import generate_predictions
+
     out = output_dir / "eval"
-    argv = ["--model", str(output_dir), "--dataset", "mimic_cxr:existence", "--data_dir", script_args.mimic_data_dir,
-            "--split", script_args.eval_split, "--threshold_split", script_args.eval_threshold_split,
-            "--baselines", "--bootstrap", str(script_args.eval_bootstrap), "--batch_size", str(batch_size),
-            "--dataset_settings", json.dumps(script_args.mimic_settings), "--out", str(out), "--no_progress"]
-    if script_args.dataset_cache_dir:
-        argv += ["--cache_dir", script_args.dataset_cache_dir]
-    status = eval_cli.main(argv)
-    if status:
-        raise RuntimeError(f"eval.py failed on {output_dir} (exit {status})")
+    evaluate(EvalArguments(
+        out=str(out),
+        model=str(output_dir),
+        dataset="mimic_cxr:existence",
+        data_dir=script_args.mimic_data_dir,
+        dataset_settings=dict(script_args.mimic_settings),
+        cache_dir=script_args.dataset_cache_dir,
+        split=script_args.eval_split,
+        threshold_split=script_args.eval_threshold_split,
+        baselines=True,
+        bootstrap=script_args.eval_bootstrap,
+        batch_size=batch_size,
+        no_progress=True,
+    ), generate=generate_predictions)  # fmt: skip
     systems = {"MedKLIP": load_eval_folder(out), **baseline_systems(out)}
     table = study_table(systems, script_args.eval_bootstrap)
     (out / "existence_table.md").write_text(render_markdown(table))
@@ -249,10 +259,12 @@ def write_model_card(output_dir: Path, record: dict[str, Any]) -> Path:
 
 
 def upload_file_set(output_dir: str | Path) -> list[str]:
-    """Relative paths `push_run` uploads (sorted); raises if a required file is missing."""
-    from litegpt_train.hub import select_file_set
+    """Relative paths `push_run` uploads (sorted): the required files, the remote code reached from
+    `REMOTE_CODE_ENTRIES` through its relative imports, the optional files present; raises naming what is missing."""
+    from litegpt_train.hub import remote_code_files, select_file_set
 
-    return select_file_set(output_dir, REQUIRED_FILES, OPTIONAL_FILES, "a finished MedKLIP run")
+    code = remote_code_files(output_dir, REMOTE_CODE_ENTRIES)
+    return select_file_set(output_dir, (*REQUIRED_FILES, *code), OPTIONAL_FILES, "a finished MedKLIP run")
 
 
 def push_run(output_dir: str | Path, repo_id: str, private: bool | None = None, token: str | None = None,

@@ -1,4 +1,9 @@
-"""Build a full LiteGPT base checkpoint from the real upstream checkpoints (DESIGN.md §1.1, §1.3, §1.5, §1.6).
+"""Build a full LiteGPT base checkpoint from the real upstream checkpoints (docs/design.md, "Architecture").
+
+Over 600 lines, on purpose: the whole conversion of the four upstream checkpoints stays in this one script (reading
+each upstream format, mapping its keys, checking the converted towers against the source models, writing the
+manifest), because it is the only code that imports open_clip and reads pickled upstream files, both kept out of the
+installed packages and of the shipped model code.
 
 Inputs, in their upstream on-disk formats:
 
@@ -15,9 +20,9 @@ Inputs, in their upstream on-disk formats:
   The tokenizer gains ``<ImageHere>`` and the embeddings / LM head are resized once, in
   ``assemble_litegpt``.
 * ``--minigptv2 checkpoint_stage3.pth`` (optional): ``llama_proj`` -> ``multi_modal_projector.linear_2``;
-  its old-peft LoRA on ``q_proj``/``v_proj`` -> ``OUT/minigptv2_init_adapter/`` (a PEFT adapter with the
-  §1.5 ``LoraConfig``; the projector is stored there too, as ``modules_to_save``). EVA ViT, Q-Former
-  and any other keys are ignored and counted.
+  its old-peft LoRA on ``q_proj``/``v_proj`` -> ``OUT/minigptv2_init_adapter/`` (a PEFT adapter with the paper's
+  ``LiteGPTForConditionalGeneration.lora_config()``; the projector is stored there too, as ``modules_to_save``).
+  EVA ViT, Q-Former and any other keys are ignored and counted.
 
 ``multi_modal_projector.linear_1`` is new: it is PyTorch's default ``nn.Linear`` init under a fixed
 seed, i.e. exactly ``torch.manual_seed(seed); linear_1 = torch.nn.Linear(in, hidden)`` in float32
@@ -54,7 +59,6 @@ import argparse
 import contextlib
 import copy
 import functools
-import hashlib
 import json
 import logging
 import pickle
@@ -69,18 +73,22 @@ import torch
 from torch import nn
 
 from configuration_litegpt import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, LiteGPTConfig, vision_encoder_spec
-from scripts.litegpt_checkpoint import assemble_litegpt, make_lora_config, save_litegpt
+from litegpt_eval.manifest import package_versions, sha256_file
+from litegpt_train.base import assemble_litegpt, save_litegpt
+from modeling_litegpt import LiteGPTForConditionalGeneration
 
 logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------- constants
+# Libraries whose versions the conversion manifest records.
+CONVERSION_PACKAGES = ("torch", "transformers", "timm", "peft", "open_clip_torch", "safetensors")
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 INIT_ADAPTER_DIRNAME = "minigptv2_init_adapter"
 MANIFEST_NAME = "conversion_manifest.json"
 
-# DESIGN.md §1.5: a string is re.fullmatch'ed by PEFT; a list would suffix-match PubMedCLIP's attention too.
+# A string is re.fullmatch'ed by PEFT; a list would suffix-match PubMedCLIP's attention too.
 
 # MiniGPT-v2 (old peft, no adapter name; newer peft would insert `.default`).
 MINIGPTV2_LORA_KEY = re.compile(
@@ -105,14 +113,6 @@ CLIP_VISION_FIELDS = (
 
 
 # ---------------------------------------------------------------------------------------------- file helpers
-def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_torch_file(path: str | Path) -> Any:
     """`torch.load` restricted to tensors and plain containers (never arbitrary pickles)."""
     try:
@@ -466,7 +466,8 @@ def write_init_adapter(
     for name, tensor in model.model.multi_modal_projector.state_dict().items():
         tensors[f"base_model.model.model.multi_modal_projector.{name}"] = tensor.detach().clone().contiguous()
     save_file(tensors, str(adapter_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
-    make_lora_config(r=weights.rank, base_model_name_or_path=base_model_name_or_path).save_pretrained(str(adapter_dir))
+    config = LiteGPTForConditionalGeneration.lora_config(r=weights.rank, base_model_name_or_path=base_model_name_or_path)
+    config.save_pretrained(str(adapter_dir))
     return adapter_dir
 
 
@@ -580,7 +581,7 @@ def _close(a: Any, b: Any, tol: float = 1e-6) -> bool:
 
 
 def check_normalisation(processor: Any, biomed: OpenClipVision, pubmed: ClipVision) -> list[str]:
-    """Warnings when the upstream mean/std differ from the processor's (OpenAI-CLIP per DESIGN.md §1.1)."""
+    """Warnings when the upstream mean/std differ from the processor's (OpenAI-CLIP, as both encoders' reference preprocessing)."""
     image_processor = getattr(processor, "image_processor", None)
     mean = list(getattr(image_processor, "image_mean", None) or CLIP_IMAGE_MEAN)
     std = list(getattr(image_processor, "image_std", None) or CLIP_IMAGE_STD)
@@ -621,18 +622,6 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(previous)
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata
-
-    versions = {}
-    for package in ("torch", "transformers", "timm", "peft", "open_clip_torch", "safetensors"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
 
 
 def init_projector_linears(config: LiteGPTConfig, seed: int) -> tuple[nn.Linear, nn.Linear]:
@@ -754,7 +743,7 @@ def convert(
 
     manifest = {
         "converter": "scripts/convert_litegpt.py",
-        "versions": _versions(),
+        "versions": package_versions(CONVERSION_PACKAGES, missing=None),
         "dtype": str(dtype).replace("torch.", ""),
         "seed": seed,
         "inputs": {

@@ -80,7 +80,7 @@ def choose_images(manifest: dict, root: Path) -> tuple[TaughtImage, TaughtImage]
 
 def teach_tiny_model(images: tuple[TaughtImage, ...], out_dir: Path, seed: int = 0) -> Path:
     """Train the tiny model on the images' answers (both tasks) and save it as a LiteGPT folder."""
-    from scripts.litegpt_checkpoint import assemble_litegpt, save_litegpt
+    from litegpt_train.base import assemble_litegpt, save_litegpt
 
     model, processor = assemble_litegpt(LiteGPTConfig.from_preset("tiny"), build_tiny_tokenizer(), seed=seed)
     batches = []

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_tokenizer import build_tiny_tokenizer
 
 from configuration_litegpt import LiteGPTConfig
-from tiny_tokenizer import build_tiny_tokenizer
 
 # `pytest -n 2` runs two workers on CI's two cores: two torch threads each would oversubscribe the machine, and
 # tiny-model ops then run 10-40x slower (measured); one thread per worker keeps both cores busy without that.
@@ -29,7 +29,7 @@ def tiny_model(tiny_config):
 @pytest.fixture
 def tiny_model_and_processor():
     """A tiny model and its processor, assembled exactly as real checkpoints are."""
-    from scripts.litegpt_checkpoint import assemble_litegpt
+    from litegpt_train.base import assemble_litegpt
 
     return assemble_litegpt(LiteGPTConfig.from_preset("tiny"), build_tiny_tokenizer(), seed=0)
 
@@ -37,7 +37,11 @@ def tiny_model_and_processor():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A saved tiny LiteGPT folder (weights, config with auto_map, processor, remote code)."""
-    from scripts.litegpt_checkpoint import assemble_litegpt, save_litegpt
+    from litegpt_train.base import assemble_litegpt, save_litegpt
 
     model, processor = assemble_litegpt(LiteGPTConfig.from_preset("tiny"), build_tiny_tokenizer(), seed=0)
     return save_litegpt(model, processor, tmp_path_factory.mktemp("tiny_litegpt"))
+
+
+# The VinDr builder tests' synthetic sample and default builds, shared by their two files (built once per session).
+from vindr_support import built, cache_root, synthetic  # noqa: E402,F401

@@ -302,11 +302,11 @@ def test_an_adapter_folder_loads_on_the_base_its_config_names(taught, tmp_path):
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from scripts.litegpt_checkpoint import make_lora_config
+    from modeling_litegpt import LiteGPTForConditionalGeneration
 
     base = AutoModelForImageTextToText.from_pretrained(taught.model_dir, trust_remote_code=True)
     peft_model = get_peft_model(
-        base, make_lora_config(r=2, lora_alpha=4, base_model_name_or_path=str(taught.model_dir))
+        base, LiteGPTForConditionalGeneration.lora_config(r=2, lora_alpha=4, base_model_name_or_path=str(taught.model_dir))
     )
     torch.manual_seed(0)
     with torch.no_grad():
@@ -396,7 +396,8 @@ def test_space_folder_runs_app_py_unchanged_on_a_hub_model(taught, client, tmp_p
     """The Space's file set, started as Spaces start it (`python app.py`, model and address from the environment)."""
     space = tmp_path / "space"
     app.main(["--write_space", str(space)])
-    assert sorted(p.name for p in space.iterdir()) == sorted(["README.md", "requirements.txt", *app.SPACE_FILES])
+    assert sorted(p.name for p in space.iterdir()) == sorted(["README.md", "requirements.txt", *app.space_files()])
+    assert {"codec_litegpt.py", "image_processing_litegpt.py", "configuration_litegpt.py"} <= set(app.space_files())
     fake_hub_cache(tmp_path / "hf" / "hub", "litegpt-tests/tiny-demo", taught.model_dir)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -406,7 +407,9 @@ def test_space_folder_runs_app_py_unchanged_on_a_hub_model(taught, client, tmp_p
                OMP_NUM_THREADS="1")  # fmt: skip
     log = (tmp_path / "app.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-I", "app.py"], cwd=space, env=env, stdout=log, stderr=subprocess.STDOUT
+        # As a Space starts it: the folder itself first on sys.path (`-I` would leave it out and let the installed
+        # package answer the imports), no PYTHON* variables (-E), no user site (-s).
+        [sys.executable, "-E", "-s", "app.py"], cwd=space, env=env, stdout=log, stderr=subprocess.STDOUT
     )
     try:
         for _ in range(240):  # up to 2 minutes to load the model, write the examples and start serving

@@ -2,8 +2,9 @@
 
 A person's path through the page: open it, upload a synthetic DICOM, press Analyse, wait for the answer, read the
 boxed image and the findings table; a bad upload shows the processor's message and the page keeps working. Each test
-saves a screenshot in its temporary folder (`docs/app_screenshot.png` in the README is the first one's). Skipped, with
-the reason, where Chromium or its driver is not installed (`scripts/setup.sh` installs both when run as root).
+saves a screenshot in its temporary folder (`docs/app_screenshot.png`, shown in docs/web-demo.md, is the first
+one's). Skipped, with the reason, where Chromium or its driver is not installed (`scripts/setup.sh` installs both
+when run as root).
 """
 
 from __future__ import annotations

@@ -12,21 +12,24 @@ import pytest
 import torch
 import yaml
 
-from scripts.litegpt_checkpoint import BASE_CARD_REPO_PLACEHOLDER, base_upload_file_set, main, push_base
+from litegpt_train.base import BASE_CARD_REPO_PLACEHOLDER, base_upload_file_set, push_base
+from litegpt_train.hub import remote_code_files
+from scripts.litegpt_checkpoint import main
 
-TINY_BASE_FILES = [
+ROOT = Path(__file__).resolve().parent.parent
+# The model's and the processor's remote code: the two entry files and every sibling they import relatively.
+REMOTE_CODE = remote_code_files(ROOT, ["modeling_litegpt.py", "processing_litegpt.py"])
+TINY_BASE_FILES = sorted([
     "README.md",
     "chat_template.jinja",
     "config.json",
-    "configuration_litegpt.py",
     "generation_config.json",
     "model.safetensors",
-    "modeling_litegpt.py",
-    "processing_litegpt.py",
     "processor_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
-]
+    *REMOTE_CODE,
+])
 
 
 def card_parts(path: Path) -> tuple[dict[str, Any], str]:
@@ -48,8 +51,10 @@ def test_the_base_folder_has_a_model_card(tiny_checkpoint):
 
 
 def test_base_upload_file_set_is_exact_and_refuses_an_incomplete_folder(tiny_checkpoint, tmp_path):
+    # The derived remote code holds the processor's siblings; a folder missing one of them is incomplete.
+    assert {"codec_litegpt.py", "image_processing_litegpt.py", "configuration_litegpt.py"} <= set(REMOTE_CODE)
     assert base_upload_file_set(tiny_checkpoint) == TINY_BASE_FILES
-    for missing in ("modeling_litegpt.py", "model.safetensors", "README.md"):
+    for missing in ("modeling_litegpt.py", "model.safetensors", "README.md", "codec_litegpt.py"):
         folder = tmp_path / missing
         shutil.copytree(tiny_checkpoint, folder, ignore=shutil.ignore_patterns(missing))
         with pytest.raises(FileNotFoundError, match=rf"not a complete LiteGPT base: missing \['{missing}'\]"):

@@ -1,4 +1,5 @@
-"""Labels, the 0-100 box grid codec, target formatting and the tolerant answer parsers (DESIGN.md §2, §3, §5)."""
+"""Labels, the 0-100 box grid codec, target formatting and the tolerant answer parsers (docs/design.md,
+"Prompts and targets" and "Label lists")."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from processing_litegpt import (
     to_grid,
 )
 
-DESIGN_EXAMPLE = (
+DOCUMENTED_EXAMPLE = (
     "Local diseases of this chest radiograph are <p>Aortic enlargement</p> {<53><28><65><36>},"
     "<p>Cardiomegaly</p> {<38><49><82><63>}."
 )
@@ -149,7 +150,7 @@ def test_round_trip_through_answer_text():
 
 def test_format_grounding_answer_design_example_and_sort_order():
     findings = [("Cardiomegaly", (380, 490, 820, 630)), ("Aortic enlargement", (530, 280, 650, 360))]
-    assert format_grounding_answer(findings, 1000, 1000) == DESIGN_EXAMPLE
+    assert format_grounding_answer(findings, 1000, 1000) == DOCUMENTED_EXAMPLE
 
 
 def test_format_grounding_answer_uses_width_for_x_and_height_for_y():
@@ -208,7 +209,7 @@ def test_format_diagnosis_answer():
 
 
 def test_parse_grounding_design_example():
-    parsed = parse_grounding_answer(DESIGN_EXAMPLE, width=2000, height=1000)
+    parsed = parse_grounding_answer(DOCUMENTED_EXAMPLE, width=2000, height=1000)
     assert parsed.ok and not parsed.no_finding and not parsed.contradiction
     assert [(f.label, f.grid_box) for f in parsed.findings] == [
         ("Aortic enlargement", (53, 28, 65, 36)),
@@ -216,7 +217,7 @@ def test_parse_grounding_design_example():
     ]
     assert parsed.findings[1].box == (760.0, 490.0, 1640.0, 630.0)
     span = parsed.findings[0].span
-    assert DESIGN_EXAMPLE[span[0] : span[1]] == "<p>Aortic enlargement</p> {<53><28><65><36>}"
+    assert DOCUMENTED_EXAMPLE[span[0] : span[1]] == "<p>Aortic enlargement</p> {<53><28><65><36>}"
 
 
 def test_parse_grounding_truncated_answer_keeps_complete_phrases_and_counts_the_rest():

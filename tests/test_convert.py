@@ -38,6 +38,7 @@ from transformers import (
 )
 
 from configuration_litegpt import paper_vision_encoders
+from litegpt_train.hub import remote_code_files
 from scripts import convert_litegpt as conv
 
 IMAGE_SIZE = 32
@@ -362,7 +363,7 @@ def test_init_adapter(sources, converted, loaded):
 
 
 def test_init_adapter_loads_through_auto_class(sources, converted):
-    """`base_model_name_or_path` points at the converted base, so the adapter folder alone loads (DESIGN §6 PEFT)."""
+    """`base_model_name_or_path` points at the converted base, so the adapter folder alone loads (PEFT reads it)."""
     # transformers' PEFT integration: the base is loaded from the adapter's base_model_name_or_path, then the adapter.
     model = AutoModelForImageTextToText.from_pretrained(
         str(converted / conv.INIT_ADAPTER_DIRNAME), trust_remote_code=True
@@ -379,7 +380,7 @@ def test_outputs_safetensors_only_and_manifest(sources, converted):
     assert not [p for p in files if p.suffix in (".bin", ".pth", ".pt", ".pkl")]
     assert (converted / "model.safetensors").is_file() or list(converted.glob("model-*.safetensors"))
     assert (converted / conv.INIT_ADAPTER_DIRNAME / "adapter_model.safetensors").is_file()
-    for name in ("configuration_litegpt.py", "modeling_litegpt.py", "processing_litegpt.py", "config.json"):
+    for name in ["config.json", *remote_code_files(converted, ["modeling_litegpt.py", "processing_litegpt.py"])]:
         assert (converted / name).is_file(), name
     assert "open_clip" not in (converted / "modeling_litegpt.py").read_text()
 

@@ -1,4 +1,5 @@
-"""DICOM -> 8-bit (DESIGN.md §4) and `load_image` on every input kind, with DICOMs written here by pydicom."""
+"""DICOM -> 8-bit (docs/design.md, "VinDr-CXR") and `load_image` on every input kind, with DICOMs written here by
+pydicom."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def write_dicom(path, pixels, photometric="MONOCHROME2", center=None, width=None
 
 
 def expected_window(values, center, width):
-    """Hand formula of DESIGN §4: [c - w/2, c + w/2] -> 0..255, half-up."""
+    """Hand formula of the DICOM window: [c - w/2, c + w/2] -> 0..255, half-up."""
     low = center - width / 2
     return np.clip(np.floor(np.clip((values - low) / width, 0, 1) * 255 + 0.5), 0, 255).astype(np.uint8)
 

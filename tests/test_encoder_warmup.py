@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import train_sft
-from litegpt_train.arguments import LiteGPTScriptArguments
+from litegpt_train.arguments import LiteGPTModelConfig
 from litegpt_train.encoder_warmup import WARMUP_RECORD, box_patch_coverage, patch_label_targets, warm_up_encoders
 from processing_litegpt import VINDR_LOCAL_LABELS
 
@@ -77,8 +77,8 @@ def test_warm_up_refuses_what_it_cannot_learn_from(tiny_model_and_processor):
 
 
 def test_an_existing_base_must_carry_the_warm_up_the_config_asks_for(tmp_path):
-    args = LiteGPTScriptArguments(model_name_or_path=str(tmp_path), base_preset="litegpt-smol", encoder_warmup_epochs=3,
-                                  encoder_warmup_learning_rate=1e-3)
+    args = LiteGPTModelConfig(model_name_or_path=str(tmp_path), base_preset="litegpt-smol", encoder_warmup_epochs=3,
+                              encoder_warmup_learning_rate=1e-3)
     with pytest.raises(ValueError, match="no encoder warm-up"):
         train_sft.check_base_warmup(args, tmp_path)
     (tmp_path / WARMUP_RECORD).write_text(json.dumps({"epochs": 2, "learning_rate": 1e-3}))

@@ -1,4 +1,4 @@
-"""Peer box conventions (DESIGN section 7): known conversions and round trips through the canonical form."""
+"""Peer box conventions: known conversions and round trips through the canonical form."""
 
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ def tiny(tmp_path_factory):
     from tiny_tokenizer import build_tiny_tokenizer
 
     from configuration_litegpt import LiteGPTConfig
-    from scripts.litegpt_checkpoint import assemble_litegpt
+    from litegpt_train.base import assemble_litegpt
 
     model, processor = assemble_litegpt(LiteGPTConfig.from_preset("tiny"), build_tiny_tokenizer(), seed=0)
     processor.tokenizer.padding_side = "left"

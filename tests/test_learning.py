@@ -48,7 +48,7 @@ def teach_answer_language(base_dir: Path, steps: int = LANGUAGE_STEPS, lr: float
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from scripts.litegpt_checkpoint import save_litegpt
+    from litegpt_train.base import save_litegpt
 
     model = AutoModelForImageTextToText.from_pretrained(base_dir, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(base_dir, trust_remote_code=True)

@@ -321,7 +321,7 @@ def test_from_pretrained_dtype_reaches_every_sub_model(tiny_checkpoint, dtype):
 
 
 def test_checkpoint_saved_in_bfloat16_loads_in_float32(tiny_model_and_processor, tmp_path):
-    from scripts.litegpt_checkpoint import save_litegpt
+    from litegpt_train.base import save_litegpt
 
     model, processor = tiny_model_and_processor
     save_litegpt(model.to(torch.bfloat16), processor, tmp_path / "bf16")
@@ -393,8 +393,9 @@ def test_return_dict_false_gives_tuples(tiny_model):
 
 def test_assisted_generation_equals_greedy_generation(tiny_model_and_processor):
     """The assistant (another LiteGPT of the same layout) proposes, the model verifies: greedy output unchanged."""
-    from scripts.litegpt_checkpoint import assemble_litegpt
     from tiny_tokenizer import build_tiny_tokenizer
+
+    from litegpt_train.base import assemble_litegpt
 
     model, processor = tiny_model_and_processor
     assistant, _ = assemble_litegpt(LiteGPTConfig.from_preset("tiny"), build_tiny_tokenizer(), seed=1)

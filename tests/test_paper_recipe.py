@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from pathlib import Path
@@ -41,19 +42,21 @@ def learning_rates(optimizer: torch.optim.Optimizer, scheduler, steps: int) -> l
 
 
 def test_recipe_reproduces_the_papers_settings(tmp_path):
-    script_args, args = parse_recipe(tmp_path)
+    run = parse_recipe(tmp_path)
+    args = run.sft
     assert args.max_steps == PAPER_EPOCHS * PAPER_ITERATIONS_PER_EPOCH == 10_980
     assert args.learning_rate == 1e-5 and args.weight_decay == 0.05 and args.warmup_steps == 1000
     assert args.optim.value == "adamw_torch" and args.dataloader_num_workers == 2
-    assert script_args.lr_schedule == "paper"
+    assert run.optimisation.lr_schedule == "paper"
     # Global batch 8 on the paper's 4 GPUs: 549 iterations x 8 = 4,392 rows ~ one pass over the boxed images.
     launcher = yaml.safe_load((ROOT / "configs" / "accelerate" / "multi_gpu.yaml").read_text())
     global_batch = args.per_device_train_batch_size * launcher["num_processes"] * args.gradient_accumulation_steps
     assert launcher["num_processes"] == PAPER_GPUS and global_batch == 8
     assert 0 <= BOXED_TRAIN_IMAGES - PAPER_ITERATIONS_PER_EPOCH * global_batch < global_batch
-    assert script_args.quantization == "8bit" and script_args.lora_r == 64 and script_args.train_projector
-    assert script_args.stage_list == ["grounding", "diagnosis"] and not script_args.stage_overrides
-    assert script_args.dataset_settings == {
+    assert run.model.load_in_8bit and run.model.quantization_bits == 8 and run.model.lora_r == 64
+    assert run.optimisation.train_projector
+    assert run.stages.stage_list == ["grounding", "diagnosis"] and not run.stages.stage_overrides
+    assert run.data.dataset_settings == {
         "conflict_policy": "drop", "dedup": "keep_first", "dedup_iou": 0.5, "global_fusion": "union",
         "stage1_target": "local", "stage1_images": "with_boxes", "windowing": "paper_appendix", "validation_fraction": 0,
     }  # fmt: skip
@@ -72,9 +75,10 @@ def test_every_setting_carries_a_source_tag_explained_in_the_file():
 
 
 def test_paper_schedule_is_a_constant_learning_rate_over_10980_steps(tmp_path):
-    script_args, args = parse_recipe(tmp_path)
+    run = parse_recipe(tmp_path)
+    args = run.sft
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
-    scheduler = minigptv2_scheduler(optimizer, script_args.lr_schedule, args.get_warmup_steps(args.max_steps), args.max_steps)
+    scheduler = minigptv2_scheduler(optimizer, run.optimisation.lr_schedule, args.get_warmup_steps(args.max_steps), args.max_steps)
     rates = learning_rates(optimizer, scheduler, args.max_steps)
     assert len(rates) == 10_980
     for step in (0, 1, 500, 999, 1000, 1001, 5490, 10_979):
@@ -83,7 +87,7 @@ def test_paper_schedule_is_a_constant_learning_rate_over_10980_steps(tmp_path):
 
 
 def test_released_code_schedule_at_chosen_steps(tmp_path):
-    _, args = parse_recipe(tmp_path, "--lr_schedule", "released_code")
+    args = parse_recipe(tmp_path, "--lr_schedule", "released_code").sft
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
     scheduler = minigptv2_scheduler(optimizer, "released_code", args.get_warmup_steps(args.max_steps), args.max_steps)
     rates = learning_rates(optimizer, scheduler, args.max_steps)
@@ -97,7 +101,7 @@ def test_released_code_schedule_at_chosen_steps(tmp_path):
     assert rates[5490] == pytest.approx(5.5e-6, rel=1e-12)  # half: cos(pi/2) = 0
     assert rates[8235] == pytest.approx(2.31801948e-6, rel=1e-8)  # three quarters
     assert rates[10_979] == pytest.approx(1e-6, abs=1e-12)
-    assert all(a >= b for a, b in zip(rates[1000:], rates[1001:]))  # decays monotonically after the warm-up
+    assert all(a >= b for a, b in itertools.pairwise(rates[1000:]))  # decays monotonically after the warm-up
 
 
 def test_schedule_factor_is_a_fraction_of_each_groups_rate():
@@ -129,8 +133,8 @@ def test_a_second_schedule_is_an_error_not_a_silent_choice(tmp_path, extra, matc
     with pytest.raises(ValueError, match=match):
         parse_recipe(tmp_path, *extra)
     # 'trainer' hands the schedule back to SFTConfig's lr_scheduler_type.
-    script_args, args = parse_recipe(tmp_path, "--lr_schedule", "trainer", "--lr_scheduler_type", "cosine")
-    assert script_args.lr_schedule == "trainer" and args.lr_scheduler_type.value == "cosine"
+    run = parse_recipe(tmp_path, "--lr_schedule", "trainer", "--lr_scheduler_type", "cosine")
+    assert run.optimisation.lr_schedule == "trainer" and run.sft.lr_scheduler_type.value == "cosine"
 
 
 # ============================================================================================ distribution (FSDP)
@@ -166,9 +170,9 @@ def test_fsdp_launch_refuses_quantization_and_a_silent_fallback(tmp_path, monkey
     from accelerate import PartialState
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(ValueError, match="quantization '8bit' under FSDP"):
+    with pytest.raises(ValueError, match="8-bit language model under FSDP"):
         parse_recipe(tmp_path)
-    parse_recipe(tmp_path, "--quantization", "none")  # accepted
+    parse_recipe(tmp_path, "--load_in_8bit", "false")  # accepted
     # One CPU process: Accelerate sets up no FSDP, so the FSDP launch is refused rather than run unsharded.
     with pytest.raises(ValueError, match="the launch asks for FSDP but Accelerate set up"):
         train_sft.check_distribution(PartialState())
@@ -189,8 +193,8 @@ from torch.distributed.fsdp import FSDPModule
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
+from modeling_litegpt import LiteGPTForConditionalGeneration
 from processing_litegpt import completion_messages, format_diagnosis_answer, prompt_messages
-from scripts.litegpt_checkpoint import make_lora_config
 
 base, dump, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 accelerator = Accelerator(cpu=True)  # what Accelerate sets up on CPUs, FSDP config or not: gloo DDP (MULTI_CPU)
@@ -211,7 +215,7 @@ def batch_of(seed):
 
 torch.manual_seed(0)
 model = get_peft_model(AutoModelForImageTextToText.from_pretrained(base, trust_remote_code=True),
-                       make_lora_config(r=4, lora_alpha=8, lora_dropout=0.0))
+                       LiteGPTForConditionalGeneration.lora_config(r=4, lora_alpha=8, lora_dropout=0.0))
 initial = {{n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}}
 batches = [batch_of(r) for r in range(world)]
 

@@ -9,8 +9,12 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from configuration_litegpt import LiteGPTConfig
-from modeling_litegpt import LORA_TARGET_MODULES, LiteGPTForConditionalGeneration, bnb_quantization_config, non_quantized_modules
-from scripts.litegpt_checkpoint import make_lora_config
+from modeling_litegpt import (
+    LORA_TARGET_MODULES,
+    LiteGPTForConditionalGeneration,
+    bnb_quantization_config,
+    non_quantized_modules,
+)
 
 
 def _inputs():
@@ -29,7 +33,7 @@ def _perturb_lora(model) -> None:
 
 
 def test_lora_targets_only_language_model_q_and_v(tiny_model):
-    peft_model = get_peft_model(tiny_model, make_lora_config(r=8))
+    peft_model = get_peft_model(tiny_model, LiteGPTForConditionalGeneration.lora_config(r=8))
     lora_modules = sorted({n.rsplit(".lora_", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_" in n})
     num_layers = tiny_model.config.text_config.num_hidden_layers
     assert len(lora_modules) == 2 * num_layers
@@ -47,7 +51,7 @@ def test_a_suffix_list_would_also_hit_pubmedclip_attention():
 
 def test_trainable_parameters_are_projector_plus_lora(tiny_model):
     projector = sum(p.numel() for p in tiny_model.model.multi_modal_projector.parameters())
-    peft_model = get_peft_model(tiny_model, make_lora_config(r=8))
+    peft_model = get_peft_model(tiny_model, LiteGPTForConditionalGeneration.lora_config(r=8))
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     assert trainable, "nothing to train"
     assert all(".lora_" in n or "multi_modal_projector.modules_to_save" in n for n in trainable)
@@ -60,11 +64,11 @@ def test_trainable_parameters_are_projector_plus_lora(tiny_model):
 
 
 def test_paper_lora_size_is_33_6m():
-    """r=64 on Llama-2-7b's q/v: 32 layers x 2 x 64 x (4096 + 4096) = 33.55 M (DESIGN.md §1.5)."""
+    """r=64 on Llama-2-7b's q/v: 32 layers x 2 x 64 x (4096 + 4096) = 33.55 M."""
     config = LiteGPTConfig.from_preset("litegpt-7b")
     with torch.device("meta"):
         model = LiteGPTForConditionalGeneration(config)
-        peft_model = get_peft_model(model, make_lora_config())
+        peft_model = get_peft_model(model, LiteGPTForConditionalGeneration.lora_config())
     lora = sum(p.numel() for n, p in peft_model.named_parameters() if ".lora_" in n)
     assert lora == 32 * 2 * 64 * (4096 + 4096)
 
@@ -73,7 +77,7 @@ def test_adapter_save_and_reload_gives_identical_outputs(tmp_path, tiny_config):
     torch.manual_seed(0)
     base = LiteGPTForConditionalGeneration(tiny_config).eval()
     base.save_pretrained(tmp_path / "base")
-    peft_model = get_peft_model(base, make_lora_config(r=8))
+    peft_model = get_peft_model(base, LiteGPTForConditionalGeneration.lora_config(r=8))
     _perturb_lora(peft_model)
     peft_model.eval()
     inputs = _inputs()

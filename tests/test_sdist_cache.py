@@ -8,7 +8,6 @@ import subprocess
 import tarfile
 
 import pytest
-
 import sdist_cache
 from sdist_cache import SdistUnavailable, extract_folder, fetch_sdist
 

@@ -40,7 +40,7 @@ METADATA_COLUMNS = [
     "ViewCodeSequence_CodeMeaning",
     "PatientOrientationCodeSequence_CodeMeaning",
 ]
-CHEXPERT = list(CHEXPERT_LABELS)  # DESIGN.md §3 order
+CHEXPERT = list(CHEXPERT_LABELS)  # the CSV order
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def _iou(a, b):
 
 
 def _display(ds):
-    """DESIGN §4 default conversion, written independently: modality LUT, first window or min-max, MONOCHROME1."""
+    """The default DICOM conversion, written independently: modality LUT, first window or min-max, MONOCHROME1."""
     a = ds.pixel_array.astype(np.float64)
     a = a * float(getattr(ds, "RescaleSlope", 1.0)) + float(getattr(ds, "RescaleIntercept", 0.0))
     if "WindowCenter" in ds:
@@ -385,7 +385,7 @@ def test_mimic_layout_and_columns(synth):
     assert {p.name for p in (out / MIMIC / "files").iterdir()} <= {f"p1{i}" for i in range(10)}
 
 
-_HEADER = re.compile(r"\n ([A-Z ()/,-]+):\s")  # DESIGN §4 (MIT-LCP section_parser)
+_HEADER = re.compile(r"\n ([A-Z ()/,-]+):\s")  # MIT-LCP section_parser's header
 
 
 def _sections(text):

@@ -5,6 +5,10 @@ is shared by the loss, frozen-weights, label-mask, push and resume tests; the re
 tests compare fresh runs against it. `LiteGPTSFTTrainer` is only ever subclassed here, from the test side, to observe a
 run (model state before/after `train()`, the collator it used) or to interrupt one; `train_sft.py` itself runs
 unchanged. The 2-process DDP test goes through `accelerate launch` with `configs/accelerate/cpu_ddp.yaml`.
+
+Over 600 lines, on purpose: these end-to-end tests of one script share one reference run that trains for real and the
+helpers that run, interrupt and inspect training; in one file the run stays a module fixture, trained once and freed
+when the file is done (split, it would be trained once per file or held for the whole session).
 """
 
 from __future__ import annotations
@@ -29,9 +33,13 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import train_sft
+from litegpt_eval import EvalArguments
+from litegpt_train import stages as stages_module
 from litegpt_train.data import load_stage_data
 from litegpt_train.feature_cache import CachedProjectorInputsCollator, ProjectorInputCache, pixel_digest
-from litegpt_train.hub import push_stage, staged_upload_folder, upload_file_set
+from litegpt_train.hub import push_stage, remote_code_files, staged_upload_folder, upload_file_set
+from litegpt_train.stages import plan_stages
+from litegpt_train.trainer import LiteGPTSFTTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("grounding", "diagnosis")
@@ -46,19 +54,19 @@ HUB_BASE = "litegpt-tests/tiny-base"
 
 # Every file a finished stage folder uploads (litegpt_train.hub.upload_file_set): adapter, processor with its
 # remote code, card, training record and log; never training_args.bin (a pickle) or checkpoint-*/.
-EXPECTED_UPLOAD = [
+EXPECTED_UPLOAD = sorted([
     "README.md",
     "adapter_config.json",
     "adapter_model.safetensors",
     "chat_template.jinja",
-    "configuration_litegpt.py",
     "litegpt_training.json",
-    "processing_litegpt.py",
     "processor_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "training_log.csv",
-]
+    # the processor's remote code: processing_litegpt.py and the siblings it imports relatively
+    *remote_code_files(Path(__file__).resolve().parent.parent, ["processing_litegpt.py"]),
+])
 
 
 # ============================================================================================ fixtures
@@ -67,7 +75,7 @@ def build_tiny_base(out_dir: Path, **preset_overrides) -> Path:
     from tiny_tokenizer import build_tiny_tokenizer
 
     from configuration_litegpt import LiteGPTConfig
-    from scripts.litegpt_checkpoint import assemble_litegpt, save_litegpt
+    from litegpt_train.base import assemble_litegpt, save_litegpt
 
     config = LiteGPTConfig.from_preset("tiny", **preset_overrides)
     model, processor = assemble_litegpt(config, build_tiny_tokenizer(), seed=0)
@@ -134,7 +142,7 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def recording_trainer(records: list[dict[str, Any]], extra_callbacks: tuple = ()):
     """An `SFTTrainer` that records, per stage, the trainer and the model state before and after `train()`."""
 
-    class RecordingSFTTrainer(train_sft.LiteGPTSFTTrainer):
+    class RecordingSFTTrainer(LiteGPTSFTTrainer):
         def __init__(self, *args, callbacks=None, **kwargs):
             super().__init__(*args, callbacks=[*(callbacks or []), *extra_callbacks], **kwargs)
 
@@ -152,7 +160,7 @@ def run_sft(config: Path, *argv: str, trainer_cls=None) -> list[Path]:
     """`train_sft.main` in this process, optionally with a test-side `SFTTrainer` subclass."""
     with pytest.MonkeyPatch.context() as patch:
         if trainer_cls is not None:
-            patch.setattr(train_sft, "LiteGPTSFTTrainer", trainer_cls)
+            patch.setattr(stages_module, "LiteGPTSFTTrainer", trainer_cls)
         return train_sft.main(["--config", str(config), *argv])
 
 
@@ -295,7 +303,7 @@ def test_only_lora_and_projector_change(reference_run, base_dir, stage):
 
 # ============================================================================================ 3. label masks
 def expected_trained_ids(tokenizer, answer: str) -> list[int]:
-    """` {answer}</s>` with the char-level tiny tokenizer: one id per character, then EOS (DESIGN.md §2)."""
+    """` {answer}</s>` with the char-level tiny tokenizer: one id per character, then EOS."""
     return [tokenizer.convert_tokens_to_ids(ch) for ch in " " + answer] + [tokenizer.eos_token_id]
 
 
@@ -532,7 +540,7 @@ class TrainerMustNotStart:
 
 def assert_fails_before_training(argv: list[str], out: Path, error: type[Exception], match: str) -> None:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_sft, "LiteGPTSFTTrainer", TrainerMustNotStart)
+        patch.setattr(stages_module, "LiteGPTSFTTrainer", TrainerMustNotStart)
         with pytest.raises(error, match=match):
             train_sft.main(argv)
     leftovers = sorted(str(p.relative_to(out)) for p in out.rglob("*")) if out.exists() else []
@@ -557,7 +565,7 @@ def foreign_adapters(tmp_path_factory) -> dict[str, Path]:
     from transformers import AutoModelForImageTextToText
 
     from configuration_litegpt import TINY_TEXT_CONFIG
-    from scripts.litegpt_checkpoint import make_lora_config
+    from modeling_litegpt import LiteGPTForConditionalGeneration
 
     out = {}
     for name, overrides in {
@@ -566,7 +574,7 @@ def foreign_adapters(tmp_path_factory) -> dict[str, Path]:
     }.items():
         base = build_tiny_base(tmp_path_factory.mktemp(f"other_base_{name}"), **overrides)
         model = AutoModelForImageTextToText.from_pretrained(base, trust_remote_code=True)
-        peft_model = get_peft_model(model, make_lora_config(r=4, lora_alpha=8, base_model_name_or_path=str(base)))
+        peft_model = get_peft_model(model, LiteGPTForConditionalGeneration.lora_config(r=4, lora_alpha=8, base_model_name_or_path=str(base)))
         adapter = tmp_path_factory.mktemp(f"other_adapter_{name}")
         peft_model.save_pretrained(adapter)
         out[name] = adapter
@@ -661,8 +669,7 @@ def test_bad_input_fails_before_training(
 def test_foreign_adapter_check_accepts_an_adapter_of_this_base(reference_run, make_config, tmp_path):
     """Control for the two foreign-adapter cases: the same check lets a matching adapter through."""
     config = make_config(tmp_path / "config.yaml", tmp_path / "out", init_from=str(reference_run["out"] / "grounding"))
-    script_args, _ = train_sft.parse_arguments(["--config", str(config)])
-    train_sft.check_init_adapter(script_args)  # no error
+    train_sft.check_init_adapter(train_sft.parse_arguments(["--config", str(config)]))  # no error
 
 
 # ============================================================================================ 6b. optimiser options
@@ -677,7 +684,7 @@ def test_projector_rate_and_dataset_loss_normalisation(make_config, tmp_path):
     )
     divisors: list[tuple[int, float, int]] = []  # (rows, divisor used, the batch's own answer-token count)
 
-    class RecordingDivisors(train_sft.LiteGPTSFTTrainer):
+    class RecordingDivisors(LiteGPTSFTTrainer):
         def training_step(self, model, inputs, num_items_in_batch=None):
             own = int(inputs["labels"][..., 1:].ne(-100).sum())
             divisors.append((len(inputs["labels"]), float(num_items_in_batch), own))
@@ -689,10 +696,10 @@ def test_projector_rate_and_dataset_loss_normalisation(make_config, tmp_path):
     from transformers import AutoProcessor
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-    script_args, _ = train_sft.parse_arguments(["--config", str(config)])
-    processor = AutoProcessor.from_pretrained(script_args.model_name_or_path, trust_remote_code=True)
+    run = train_sft.parse_arguments(["--config", str(config)])
+    processor = AutoProcessor.from_pretrained(run.model.model_name_or_path, trust_remote_code=True)
     collator = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
-    rows = load_stage_data(script_args, "grounding", processor).train
+    rows = load_stage_data(run.data, "grounding", processor).train
     per_row = [int(collator([row])["labels"][..., 1:].ne(-100).sum()) for row in rows]
     expected = sum(per_row) / len(per_row)
     assert len(divisors) == 3
@@ -731,11 +738,12 @@ def test_released_code_schedule_and_the_papers_data_settings_in_a_run(make_confi
     # Hand values: warm-up 0.1 -> 0.55 of the rate, then 0.1 + 0.45 (1 + cos(pi t / 6)).
     assert expected[:3] == pytest.approx([LEARNING_RATE * 0.1, LEARNING_RATE * 0.55, LEARNING_RATE * 0.775])
     record = json.loads((out / "grounding" / "litegpt_training.json").read_text())
-    assert record["train_metrics"]["epoch"] > 1 and record["script_arguments"]["lr_schedule"] == "released_code"
+    assert record["train_metrics"]["epoch"] > 1 and record["arguments"]["optimisation"]["lr_schedule"] == "released_code"
     (source,) = record["data"]
     assert source["settings"]["stage1_images"] == "with_boxes" and set(source["rows"]) == {"train", "test"}
     assert 0 < source["rows"]["train"] < 24  # the synthetic sample's 24 training images include normal ones
-    assert json.loads((out / "grounding" / "processor_config.json").read_text())["windowing"] == "paper_appendix"
+    saved_processor = json.loads((out / "grounding" / "processor_config.json").read_text())
+    assert saved_processor["image_processor"]["windowing"] == "paper_appendix"  # the image processor holds it
 
 
 def test_projector_alignment_steps_train_the_projector_alone_then_lora_joins(make_config, tmp_path, base_dir):
@@ -771,19 +779,19 @@ def test_projector_input_standardization_is_fitted_once_on_stage_one_training_im
     out = tmp_path / "out"
     config = make_config(tmp_path / "config.yaml", out, model_name_or_path=str(base), max_steps=2, save_steps=10)
     fits: list[int] = []
-    real_fit = train_sft.fit_projector_input_standardization
+    real_fit = stages_module.fit_projector_input_standardization
 
     def counting_fit(*args: Any, **kwargs: Any) -> int:
         fits.append(real_fit(*args, **kwargs))
         return fits[-1]
 
-    monkeypatch.setattr(train_sft, "fit_projector_input_standardization", counting_fit)
+    monkeypatch.setattr(stages_module, "fit_projector_input_standardization", counting_fit)
     run_sft(config)
 
     # Independently: the projector inputs of every grounding training image, in one batch.
-    script_args, _ = train_sft.parse_arguments(["--config", str(config)])
+    run = train_sft.parse_arguments(["--config", str(config)])
     processor = AutoProcessor.from_pretrained(base, trust_remote_code=True)
-    rows = load_stage_data(script_args, "grounding", processor).train
+    rows = load_stage_data(run.data, "grounding", processor).train
     images = [image for row in rows for image in row["images"]]
     pixels = processor(images=[[image] for image in images], text=[processor.image_token] * len(images), return_tensors="pt")
     model = AutoModelForImageTextToText.from_pretrained(base, trust_remote_code=True)
@@ -811,7 +819,7 @@ def test_group_by_length_sorts_rows_by_the_added_length_column(make_config, tmp_
     batches: list[list[int]] = []
     samplers: list[Any] = []
 
-    class RecordingLengths(train_sft.LiteGPTSFTTrainer):
+    class RecordingLengths(LiteGPTSFTTrainer):
         def training_step(self, model, inputs, num_items_in_batch=None):
             batches.append(inputs["attention_mask"].sum(1).tolist())
             return super().training_step(model, inputs, num_items_in_batch)
@@ -877,10 +885,10 @@ def test_projector_input_cache_gives_the_same_losses(reference_run, make_config,
     assert records[0]["trainer"].data_collator.cache is collator.cache
     cache = collator.cache
     processor = records[-1]["trainer"].processing_class
-    script_args, _ = train_sft.parse_arguments(["--config", str(config)])
+    run = train_sft.parse_arguments(["--config", str(config)])
     images = []
     for stage in STAGES:
-        data = load_stage_data(script_args, stage, processor)
+        data = load_stage_data(run.data, stage, processor)
         images += [image for split in (data.train, data.validation) if split is not None
                    for row in split for image in row["images"]]
     pixels = processor(images=[[im] for im in images], text=[processor.image_token] * len(images), return_tensors="pt")["pixel_values"]
@@ -902,6 +910,7 @@ DDP_WRAPPER = textwrap.dedent(
     sys.path.insert(0, {root!r})
     import torch
     import train_sft
+    from litegpt_train import stages
 
     DUMP = Path(sys.argv[1])
 
@@ -910,7 +919,7 @@ DDP_WRAPPER = textwrap.dedent(
         return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
-    class ReportingTrainer(train_sft.LiteGPTSFTTrainer):
+    class ReportingTrainer(stages.LiteGPTSFTTrainer):
         def training_step(self, model, inputs, *args, **kwargs):
             # The pixels identify the rows (the text of two normal images is identical).
             self.batches_seen.append(digest(inputs["pixel_values"]) + digest(inputs["input_ids"]))
@@ -937,7 +946,7 @@ DDP_WRAPPER = textwrap.dedent(
             return result
 
 
-    train_sft.LiteGPTSFTTrainer = ReportingTrainer
+    stages.LiteGPTSFTTrainer = ReportingTrainer
     train_sft.main(sys.argv[2:])
     '''
 )
@@ -986,47 +995,44 @@ def test_two_process_cpu_ddp_ranks_agree(make_config, tmp_path):
 
 # ============================================================================================ 9. eval after training
 @pytest.mark.parametrize("label_scores", [True, False])
-def test_eval_after_training_passes_the_stage_and_eval_settings_to_eval_py(reference_run, monkeypatch, label_scores):
-    """evaluate_stage runs eval.py on the stage's own task and folder with the config's eval_* settings."""
-    import eval as litegpt_eval_cli
-
-    # The two switches take opposite values so that each flag is seen both present and absent.
+def test_eval_after_training_passes_the_stage_and_eval_settings_to_the_evaluation(reference_run, monkeypatch,
+                                                                                  label_scores):
+    """evaluate_stage calls litegpt_eval.evaluate on the stage's own task and folder with the config's eval_* settings
+    and the builder settings training used."""
+    # The two switches take opposite values so that each flag is seen both on and off.
     coco_meteor = not label_scores
 
-    calls: list[list[str]] = []
-    monkeypatch.setattr(litegpt_eval_cli, "main", lambda argv: calls.append(argv) or 0)
+    calls: list[EvalArguments] = []
+    monkeypatch.setattr(train_sft, "evaluate", calls.append)
     dtype = "bfloat16" if label_scores else "auto"
     argv = ["--config", str(reference_run["config"]), "--eval_bootstrap", "7", "--eval_label_scores", str(label_scores),
             "--eval_coco_meteor", str(coco_meteor), "--eval_dtype", dtype]
-    script_args, training_args = train_sft.parse_arguments(argv)
-    plan = next(p for p in train_sft.plan_stages(script_args, dataclasses.replace(training_args, resume_from_checkpoint="latest"))
-                if p.stage == "grounding")  # fmt: skip
-    out = train_sft.evaluate_stage(plan, script_args)
+    run = train_sft.parse_arguments(argv)
+    plans = plan_stages(run.stages, dataclasses.replace(run.sft, resume_from_checkpoint="latest"))
+    plan = next(p for p in plans if p.stage == "grounding")
+    out = train_sft.evaluate_stage(plan, run)
     assert out == reference_run["out"] / "grounding" / "eval"
     (args,) = calls
-    options = dict(zip(args[::2], args[1::2]))
-    assert options["--model"] == str(reference_run["out"] / "grounding")
-    assert options["--dataset"] == "vindr_cxr:grounding" and options["--bootstrap"] == "7"
-    assert options["--dtype"] == dtype
-    assert ("--no_label_scores" in args) is (not label_scores)
-    assert ("--no_coco_meteor" in args) is (not coco_meteor)
-    assert "--baselines" in args
-
+    assert args.out == str(out) and args.model == str(reference_run["out"] / "grounding")
+    assert args.dataset == "vindr_cxr:grounding" and args.bootstrap == 7 and args.split == "test"
+    assert args.dtype == dtype
+    assert args.dataset_settings == run.data.dataset_settings and args.data_dir == run.data.data_dir
+    assert args.no_label_scores is (not label_scores)
+    assert args.no_coco_meteor is (not coco_meteor)
+    assert args.baselines
 
 def test_label_scores_can_be_kept_to_some_stages(reference_run, monkeypatch):
     """eval_label_score_stages: [grounding] keeps stage 1's label probabilities and drops stage 2's; a stage the run
     does not train is refused before anything runs."""
-    import eval as litegpt_eval_cli
-
-    calls: list[list[str]] = []
-    monkeypatch.setattr(litegpt_eval_cli, "main", lambda argv: calls.append(argv) or 0)
+    calls: list[EvalArguments] = []
+    monkeypatch.setattr(train_sft, "evaluate", calls.append)
     argv = ["--config", str(reference_run["config"]), "--eval_label_score_stages", "grounding"]
-    script_args, training_args = train_sft.parse_arguments(argv)
-    plans = {p.stage: p for p in train_sft.plan_stages(script_args, dataclasses.replace(training_args, resume_from_checkpoint="latest"))}
+    run = train_sft.parse_arguments(argv)
+    plans = {p.stage: p for p in plan_stages(run.stages, dataclasses.replace(run.sft, resume_from_checkpoint="latest"))}
     for stage in ("grounding", "diagnosis"):
-        train_sft.evaluate_stage(plans[stage], script_args)
+        train_sft.evaluate_stage(plans[stage], run)
     grounding_args, diagnosis_args = calls
-    assert "--no_label_scores" not in grounding_args and "--no_label_scores" in diagnosis_args
+    assert grounding_args.no_label_scores is False and diagnosis_args.no_label_scores is True
     with pytest.raises(ValueError, match="eval_label_score_stages names stage 'diagnosis'"):
         train_sft.parse_arguments(argv[:2] + ["--stages", "grounding", "--eval_label_score_stages", "diagnosis"])
 
@@ -1035,7 +1041,14 @@ def test_a_synthetic_sample_written_with_other_settings_is_refused(tmp_path):
     """A demo folder left by an earlier config (say 300/40 images) must not be trained on in silence when the config
     now asks for another sample; the same settings reuse it."""
     from datasets_scripts.synthetic import VINDR_VERSION_DIR, generate
-    from litegpt_train.arguments import LiteGPTScriptArguments
+    from litegpt_train.arguments import (
+        DataArguments,
+        EvalAfterTrainingArguments,
+        LiteGPTModelConfig,
+        OptimisationArguments,
+        RunArguments,
+        StageArguments,
+    )
 
     settings = {"n_train": 4, "n_test": 2, "mimic_studies": 2, "seed": 0, "image_size": 64}
     generate(tmp_path / "data", **settings)
@@ -1043,11 +1056,11 @@ def test_a_synthetic_sample_written_with_other_settings_is_refused(tmp_path):
     base.mkdir()
 
     def prepare(**changed):
-        script_args = LiteGPTScriptArguments(
-            model_name_or_path=str(base), synthetic_data=True, data_dir=str(tmp_path / "data" / VINDR_VERSION_DIR),
-            synthetic_settings={**settings, **changed},
-        )  # fmt: skip
-        train_sft.prepare_offline_inputs(script_args)
+        data = DataArguments(synthetic_data=True, data_dir=str(tmp_path / "data" / VINDR_VERSION_DIR),
+                             synthetic_settings={**settings, **changed})  # fmt: skip
+        run = RunArguments(LiteGPTModelConfig(model_name_or_path=str(base)), StageArguments(), data,
+                           OptimisationArguments(), EvalAfterTrainingArguments(), sft=None)  # fmt: skip
+        train_sft.prepare_offline_inputs(run)
 
     prepare()
     with pytest.raises(ValueError, match=r"n_test: 2 on disk, 3 asked.*delete the run folder"):

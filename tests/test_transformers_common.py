@@ -8,7 +8,7 @@ exclusions, each with its one-line reason, for tests that do not apply to this m
 
 Modules of transformers' test tree that the sdist does not contain are replaced by empty stand-ins of ours:
 `tests/generation/test_utils.py` (`GenerationTesterMixin`: generation is covered by our own tests instead, listed in
-the README's Testing section), `tests/exporters/test_export.py` (`ExportTesterMixin`, torch.export tests) and
+docs/testing.md), `tests/exporters/test_export.py` (`ExportTesterMixin`, torch.export tests) and
 `tests/utils/test_configuration_utils.py` (`config_common_kwargs`, read only for non-composite configs).
 """
 
@@ -26,11 +26,11 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from sdist_cache import SdistUnavailable, extract_folder, fetch_sdist, sdist_cache_dir
 from transformers.models.auto import modeling_auto
 
 from configuration_litegpt import TINY_TEXT_CONFIG, LiteGPTConfig
 from modeling_litegpt import LiteGPTForConditionalGeneration, LiteGPTModel
-from sdist_cache import SdistUnavailable, extract_folder, fetch_sdist, sdist_cache_dir
 
 TRANSFORMERS_VERSION = "5.23.0"
 TRANSFORMERS_SDIST_SHA256 = "19d647a4d5d903a7c644ca5cde2d86efc3dde7d8c687ae7988806ff2205efa71"
@@ -217,7 +217,7 @@ for _name, _reason in EXCLUDED.items():
 
 
 def test_every_exclusion_names_a_common_test():
-    """An exclusion that no longer names a test of the mixin would hide nothing and mislead the README's counts."""
+    """An exclusion that no longer names a test of the mixin would hide nothing and mislead the counts of docs/testing.md."""
     assert set(EXCLUDED) <= {name for name in dir(ModelTesterMixin) if name.startswith("test_")}
 
 

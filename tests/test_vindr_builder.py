@@ -1,8 +1,9 @@
-"""VinDr-CXR builder (`datasets_scripts/vindr_cxr.py`) and the shared builder infrastructure (`common.py`).
+"""VinDr-CXR builder (`datasets_scripts/vindr_cxr.py`, `vindr_csv.py`, `vindr_plan.py`): rows and preprocessing rules.
 
 Everything runs on the synthetic sample of `datasets_scripts.synthetic` (official layout + `manifest.json` with what
-every reader wrote). Expected rows are recomputed here from the manifest with independent code (grid, IoU, dedup,
-target strings written out literally), following the documented preprocessing.
+every reader wrote). Expected rows are recomputed from the manifest with independent code (grid, IoU, dedup, target
+strings written out literally, in `vindr_support.py` with the sample and its default builds), following the documented
+preprocessing. DICOM edge cases and the export / command line are in `test_vindr_builder_files.py`.
 """
 
 from __future__ import annotations
@@ -11,21 +12,30 @@ import glob
 import hashlib
 import io
 import json
-import math
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-import yaml
-from datasets import Image as ImageFeature
-from datasets import List
 from PIL import Image
+from vindr_support import (
+    DIAGNOSIS_PROMPT,
+    GLOBAL_DISEASES,
+    GROUNDING_PROMPT,
+    N_TEST,
+    N_TRAIN,
+    build,
+    copy_vindr,
+    expected_training_rows,
+    grid,
+    iou,
+    read_csv,
+    rows_by_id,
+    text_of,
+    validation_member,
+    write_csv,
+)
 
-from datasets_scripts.common import SkipLog, export_parquet, push_to_hub, run_builder_cli
-from datasets_scripts.synthetic import generate
 from datasets_scripts.common import grey_png_bytes
 from datasets_scripts.vindr_cxr import (
     PREPROCESSING_LOG,
@@ -37,155 +47,10 @@ from datasets_scripts.vindr_cxr import (
     resolve_no_finding,
 )
 from processing_litegpt import (
-    VINDR_GLOBAL_LABELS,
     VINDR_LOCAL_LABELS,
-    DicomReadError,
     dicom_to_uint8,
     read_dicom,
 )
-
-N_TRAIN, N_TEST = 24, 8
-GROUNDING_PROMPT = (
-    "[identify] Please describe the critical findings along with their localized bounding boxes in the radiological "
-    "image of a chest as much detail as possible. If there are no findings, state that the chest radiograph shows no "
-    "findings."
-)
-DIAGNOSIS_PROMPT = (
-    "[vqa] Given the provided chest X-ray image, which of the following diagnoses are present (select all that "
-    "apply): COPD, Lung Tumor, Pneumonia, Tuberculosis, Other Disease, or No Finding?"
-)
-GLOBAL_DISEASES = [g for g in VINDR_GLOBAL_LABELS if g != "No finding"]
-
-
-# ====================================================================================================== fixtures
-
-
-@pytest.fixture(scope="session")
-def synthetic(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synthetic")
-    manifest = generate(out, n_train=N_TRAIN, n_test=N_TEST, mimic_studies=0, seed=0, image_size=96)
-    return manifest, out / "vindr-cxr" / "1.0.0"
-
-
-@pytest.fixture(scope="session")
-def cache_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("hf_cache")
-
-
-def build(data_dir, config, cache_dir, num_proc=1, **settings):
-    builder = VinDrCXR(config_name=config, data_dir=str(data_dir), cache_dir=str(cache_dir), **settings)
-    builder.download_and_prepare(num_proc=num_proc)
-    return builder, builder.as_dataset()
-
-
-@pytest.fixture(scope="session")
-def built(synthetic, cache_root):
-    """The four configs with default settings (num_proc=1)."""
-    _, data_dir = synthetic
-    return {name: build(data_dir, name, cache_root) for name in ("raw", "labels", "grounding", "diagnosis")}
-
-
-def copy_vindr(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
-def read_csv(path):
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
-
-
-def write_csv(frame, path):
-    frame.to_csv(path, index=False)
-
-
-def rows_by_id(dataset):
-    return {row["image_id"]: row for row in dataset}
-
-
-# ====================================================================================================== reference
-
-
-def grid(value, size):
-    return min(max(math.floor(100 * value / size + 0.5), 0), 100)
-
-
-def iou(a, b):
-    iw, ih = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
-def keep_first(boxes):
-    reps = []
-    for box in boxes:
-        if not any(iou(rep, box) > 0.5 for rep in reps):
-            reps.append(box)
-    return reps
-
-
-def validation_member(image_id, fraction=0.05):
-    return int(hashlib.sha1(image_id.encode()).hexdigest()[:8], 16) / 2**32 < fraction
-
-
-def expected_training_rows(manifest):
-    """image_id -> expected grounding/diagnosis content after the default preprocessing (drop / union / keep_first)."""
-    out = {}
-    for image_id, image in manifest["vindr"]["images"].items():
-        readers, split = image["readers"], image["split"]
-        width, height = image["columns"], image["rows"]
-        flags = {r["no_finding"] for r in readers}
-        if split == "train" and len(flags) > 1:
-            continue  # conflict -> dropped
-        normal = flags == {1}
-        findings = []
-        local, global_ = set(), set()
-        if not normal:
-            for r in readers:
-                local |= set(r["local_labels"])
-                global_ |= set(r["global_labels"])
-            for label in VINDR_LOCAL_LABELS:
-                # CSV order: readers in manifest order, their boxes in order; then sort by (rad_id, CSV position)
-                group = [
-                    ((r["rad_id"] or ""), pos, tuple(b["box"]))
-                    for pos, (r, b) in enumerate((r, b) for r in readers for b in r["boxes"])
-                    if b["class_name"] == label
-                ]
-                group.sort(key=lambda t: (t[0], t[1]))
-                boxes = [t[2] for t in group]
-                kept = keep_first(boxes) if split == "train" else boxes
-                findings += [(label, box) for box in kept]
-        keyed = []
-        for label, box in findings:
-            g = (grid(box[0], width), grid(box[1], height), grid(box[2], width), grid(box[3], height))
-            keyed.append((VINDR_LOCAL_LABELS.index(label), g, box, label))
-        keyed.sort()
-        if normal:
-            local_text, global_text = "No finding", "No finding"
-        else:
-            local_text = ",".join(f"<p>{lab}</p> {{<{g[0]}><{g[1]}><{g[2]}><{g[3]}>}}" for _, g, _, lab in keyed)
-            local_text = local_text or "None"
-            global_text = ", ".join(g for g in GLOBAL_DISEASES if g in global_) or "None"
-        out[image_id] = {
-            "split": "validation" if split == "train" and validation_member(image_id) else split,
-            "width": width,
-            "height": height,
-            "no_finding": normal,
-            "local_labels": [lab for lab in VINDR_LOCAL_LABELS if lab in local],
-            "global_labels": ["No finding"] if normal else [g for g in GLOBAL_DISEASES if g in global_],
-            "box_labels": [k[3] for k in keyed],
-            "boxes": [list(k[2]) for k in keyed],
-            "grid_boxes": [list(k[1]) for k in keyed],
-            "grounding": f"Local diseases of this chest radiograph are {local_text}.",
-            "diagnosis": f"Global diseases of this chest radiograph are {global_text}.",
-        }
-    return out
-
-
-def text_of(messages):
-    return "".join(block["text"] for block in messages[0]["content"] if block["type"] == "text")
-
 
 # ====================================================================================================== synthetic sample
 
@@ -661,247 +526,3 @@ def test_kaggle14_taxonomy_drops_the_missing_classes(synthetic, tmp_path):
     assert builder.counts["test"]["boxes_dropped_taxonomy"] == 1
     _, lab_ds = build(root, "labels", tmp_path / "cache", include_image=False, taxonomy="kaggle14")
     assert "Rib fracture" not in lab_ds["test"].column_names and "Nodule/Mass" in lab_ds["test"].column_names
-
-
-# ====================================================================================================== DICOM edge cases
-
-
-def _plain_le_image(manifest):
-    return next(
-        i
-        for i, m in manifest["vindr"]["images"].items()
-        if m["split"] == "test" and m["dicom"]["transfer_syntax"] == "ExplicitVRLittleEndian"
-    )
-
-
-def _reencode(path: Path, transfer_syntax, frame: bytes):
-    from pydicom.encaps import encapsulate
-
-    ds = read_dicom(path)
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
-    ds.PixelData = encapsulate([frame])
-    ds["PixelData"].VR = "OB"
-    ds.save_as(path, enforce_file_format=True)
-
-
-def test_compressed_transfer_syntaxes_convert_or_fail_clearly(synthetic, built, tmp_path):
-    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
-
-    manifest, data_dir = synthetic
-    root = copy_vindr(data_dir, tmp_path / "vindr")
-    image_id = _plain_le_image(manifest)
-    path = root / "test" / f"{image_id}.dicom"
-    stored = read_dicom(path).pixel_array
-    buffer = io.BytesIO()
-    Image.fromarray(stored.astype(np.uint16)).save(buffer, "JPEG2000", irreversible=False, no_jp2=True)
-    _reencode(path, JPEG2000Lossless, buffer.getvalue())  # JPEG 2000 lossless: decoded through Pillow/openjpeg
-    _, ds = build(root, "grounding", tmp_path / "cache")
-    ref = rows_by_id(built["grounding"][1]["test"])[image_id]["images"][0]
-    assert np.array_equal(np.asarray(rows_by_id(ds["test"])[image_id]["images"][0]), np.asarray(ref))
-
-    _reencode(path, JPEGLSLossless, b"\xff\xd8\xff\xf7 not a real codestream \xff\xd9")  # the decoder refuses it
-    cache = tmp_path / "cache2"
-    with pytest.raises(DicomReadError, match=f"{image_id}.dicom"):
-        build(root, "grounding", cache)
-    assert not glob.glob(str(cache / "**" / "*.incomplete"), recursive=True)
-
-
-@pytest.fixture(scope="module")
-def corrupt_tree(synthetic, tmp_path_factory):
-    """A copy whose first train DICOM is truncated inside its pixel data and whose test DICOM is missing."""
-    manifest, data_dir = synthetic
-    root = copy_vindr(data_dir, tmp_path_factory.mktemp("corrupt") / "vindr")
-    expected = expected_training_rows(manifest)
-    truncated = next(i for i in expected if manifest["vindr"]["images"][i]["split"] == "train")
-    path = root / "train" / f"{truncated}.dicom"
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * 0.7)])
-    return root, truncated, path
-
-
-def test_truncated_dicom_raises_naming_the_file_and_leaves_no_cache(corrupt_tree, tmp_path):
-    root, _, path = corrupt_tree
-    cache = tmp_path / "cache"
-    builder = VinDrCXR(config_name="grounding", data_dir=str(root), cache_dir=str(cache))
-    with pytest.raises(DicomReadError, match=f"{path.name}.*(less than expected|on_bad_image)") as info:
-        builder.download_and_prepare(num_proc=1)
-    assert str(path) in str(info.value)
-    assert not os.path.exists(builder.cache_dir)
-    assert not glob.glob(str(cache / "**" / "*.incomplete"), recursive=True)
-    assert not glob.glob(str(cache / "**" / "*.arrow"), recursive=True)
-
-
-@pytest.fixture(scope="module")
-def skipped_builds(corrupt_tree, tmp_path_factory):
-    root, _, _ = corrupt_tree
-    cache = tmp_path_factory.mktemp("skip_cache")
-    one = build(root, "grounding", cache / "one", num_proc=1, on_bad_image="skip")
-    two = build(root, "grounding", cache / "two", num_proc=2, on_bad_image="skip")
-    return one, two
-
-
-def test_on_bad_image_skip_counts_and_lists_the_file(corrupt_tree, skipped_builds, synthetic):
-    manifest, _ = synthetic
-    _, truncated, path = corrupt_tree
-    (builder, ds), _ = skipped_builds
-    assert builder.skipped["dicom_decode_failed"] == 1
-    assert str(path) in builder.skipped["items"][0]["item"]
-    assert truncated not in {r["image_id"] for s in ds for r in ds[s]}
-    assert sum(len(ds[s]) for s in ds) == len(expected_training_rows(manifest)) - 1
-    log = json.loads((Path(builder.cache_dir) / PREPROCESSING_LOG).read_text())
-    assert log["skipped"] == builder.skipped and log["counts"]["decode_skipped"] == 1
-    assert not (Path(builder.cache_dir) / "_vindr_skips").exists()
-
-
-def test_two_processes_give_the_same_rows_and_skips(skipped_builds):
-    (b1, d1), (b2, d2) = skipped_builds
-    assert b1.skipped == b2.skipped
-    assert list(d1) == list(d2)
-    for split in d1:
-        assert d1[split].num_rows == d2[split].num_rows
-        assert d1[split].remove_columns("images").to_list() == d2[split].remove_columns("images").to_list()
-        undecoded = List(ImageFeature(decode=False))
-        raw1 = d1[split].cast_column("images", undecoded)["images"]
-        raw2 = d2[split].cast_column("images", undecoded)["images"]
-        assert [x[0]["bytes"] for x in raw1] == [x[0]["bytes"] for x in raw2]
-
-
-def test_missing_and_unreadable_dicoms(synthetic, tmp_path):
-    manifest, data_dir = synthetic
-    root = copy_vindr(data_dir, tmp_path / "vindr")
-    test_ids = [i for i, m in manifest["vindr"]["images"].items() if m["split"] == "test"]
-    missing, stub = root / "test" / f"{test_ids[0]}.dicom", root / "test" / f"{test_ids[1]}.dicom"
-    missing.unlink()
-    stub.write_bytes(stub.read_bytes()[:100])
-    with pytest.raises(FileNotFoundError, match=missing.name):
-        build(root, "labels", tmp_path / "cache", include_image=False)
-    builder, ds = build(root, "labels", tmp_path / "cache", include_image=False, on_bad_image="skip")
-    assert builder.skipped["dicom_missing"] == 1 and builder.skipped["dicom_unreadable"] == 1
-    items = " ".join(e["item"] for e in builder.skipped["items"])
-    assert missing.name in items and stub.name in items
-    assert {r["image_id"] for r in ds["test"]} == set(test_ids[2:])
-
-
-# ====================================================================================================== export / CLI / common
-
-
-def test_export_parquet_and_reload_give_the_same_rows(built, tmp_path):
-    from datasets import load_dataset
-
-    dd = {"grounding": built["grounding"][1], "raw": built["raw"][1]}
-    builder = built["grounding"][0]
-    out = export_parquet(
-        dd,
-        tmp_path / "export",
-        "VinDr-CXR test",
-        builder.settings,
-        {"grounding": builder.counts},
-        skipped={"grounding": builder.skipped},
-    )
-    for config, dataset_dict in dd.items():
-        for split in dataset_dict:
-            assert (out / config / f"{split}-00000-of-00001.parquet").is_file()
-    card = (out / "README.md").read_text()
-    front = yaml.safe_load(card.split("---")[1])
-    configs = {c["config_name"]: c["data_files"] for c in front["configs"]}
-    assert configs["grounding"] == [
-        {"split": s, "path": f"grounding/{s}-*.parquet"} for s in ("train", "validation", "test")
-    ]
-    assert (
-        "do not redistribute" in card
-        and '"dedup": "keep_first"' in card
-        and "Nothing" not in card.split("## Skipped")[0]
-    )
-    assert json.loads((out / "skipped.json").read_text()) == {"grounding": builder.skipped}
-
-    files = {s: str(out / "grounding" / f"{s}-00000-of-00001.parquet") for s in dd["grounding"]}
-    reloaded = load_dataset("parquet", data_files=files, cache_dir=str(tmp_path / "pq_cache"))
-    by_card = load_dataset(str(out), "grounding", cache_dir=str(tmp_path / "pq_cache2"))
-    for again in (reloaded, by_card):
-        for split, original in dd["grounding"].items():
-            assert again[split].features == original.features
-            a, b = original.to_list(), again[split].to_list()
-            assert len(a) == len(b)
-            for x, y in zip(a, b):
-                assert {k: v for k, v in x.items() if k != "images"} == {k: v for k, v in y.items() if k != "images"}
-                assert np.array_equal(np.asarray(x["images"][0]), np.asarray(y["images"][0]))
-    raw = load_dataset(str(out), "raw", cache_dir=str(tmp_path / "pq_cache3"))
-    assert raw["train"].to_list() == dd["raw"]["train"].to_list()
-
-
-def test_cli_builds_exports_and_parses_settings(synthetic, tmp_path, capsys):
-    _, data_dir = synthetic
-    summary = run_builder_cli(
-        VinDrCXR,
-        "test",
-        argv=[
-            "--data_dir",
-            str(data_dir),
-            "--config",
-            "diagnosis",
-            "--config",
-            "raw",
-            "--cache_dir",
-            str(tmp_path / "c"),
-            "--export",
-            str(tmp_path / "out"),
-            "--set",
-            "validation_fraction=0",
-            "--set",
-            "max_side=none",
-            "--set",
-            "image_wrapper=<image>,</image>",
-            "--set",
-            "include_image=false",
-        ],
-    )
-    printed = json.loads(capsys.readouterr().out)
-    conflicts = len(synthetic[0]["edge_cases"]["vindr"]["conflict"])
-    assert printed["rows"]["diagnosis"] == {"train": N_TRAIN - conflicts, "test": N_TEST}
-    assert set(printed["rows"]) == {"diagnosis", "raw"} and "validation" not in printed["rows"]["raw"]
-    assert printed["skipped"]["diagnosis"] == {"items": []}
-    assert printed["preprocessing"]["diagnosis"]["train"]["conflict_dropped"] == conflicts
-    card = (tmp_path / "out" / "README.md").read_text()
-    settings = json.loads(card.split("## Settings")[1].split("```json")[1].split("```")[0])
-    assert settings["image_wrapper"] == ["<image>", "</image>"] and settings["max_side"] is None
-    assert settings["validation_fraction"] == 0 and settings["include_image"] is False
-    assert summary["export"] == str(tmp_path / "out")
-    assert {c["config_name"] for c in yaml.safe_load(card.split("---")[1])["configs"]} == {"diagnosis", "raw"}
-    with pytest.raises(SystemExit):
-        run_builder_cli(VinDrCXR, "test", argv=["--data_dir", str(data_dir), "--set", "nonsense=1"])
-
-
-def test_skiplog_and_push_refuses_public(tmp_path, caplog):
-    log = SkipLog(name="t")
-    with caplog.at_level("WARNING"):
-        log.skip("a.dicom", "dicom_missing")
-    assert "a.dicom" in caplog.text and "dicom_missing" in caplog.text
-    other = SkipLog(quiet=True)
-    other.skip("b.csv line 3", "unknown_label")
-    other.skip("c.csv line 4", "unknown_label")
-    log.extend(other).extend(other.summary())
-    summary = log.summary()
-    assert summary["dicom_missing"] == 1 and summary["unknown_label"] == 4 and len(summary["items"]) == 5
-    assert summary["items"][0] == {"item": "a.dicom", "reason": "dicom_missing"}
-    assert SkipLog.from_summary(summary).summary() == summary
-    with pytest.raises(ValueError):
-        log.skip("x", "items")
-    (tmp_path / "README.md").write_text("---\n---\n")
-    with pytest.raises(ValueError, match="public"):
-        push_to_hub(tmp_path, "me/vindr", private=False)
-
-
-def test_a_split_emptied_by_undecodable_images_is_left_out_and_listed(synthetic, tmp_path):
-    """Every test DICOM has a readable header but truncated pixels: with on_bad_image="skip" the test split loses
-    all its rows while generating, so it is left out (as a split empty in the plan is) and listed."""
-    manifest, data_dir = synthetic
-    root = copy_vindr(data_dir, tmp_path / "vindr")
-    test_ids = [i for i, m in manifest["vindr"]["images"].items() if m["split"] == "test"]
-    for image_id in test_ids:
-        path = root / "test" / f"{image_id}.dicom"
-        path.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.7)])
-    builder, ds = build(root, "grounding", tmp_path / "cache", on_bad_image="skip")
-    assert "test" not in ds and len(ds["train"]) > 0
-    assert builder.counts["empty_splits_omitted"] == ["test"]
-    assert builder.skipped["dicom_decode_failed"] == len(test_ids)
-    assert "test" not in builder.preprocessing_log["rows"]
