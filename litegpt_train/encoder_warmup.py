@@ -129,7 +129,7 @@ def warm_up_encoders(
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                total += float(loss) * len(batch)
+                total += float(loss.detach()) * len(batch)
                 if progress is not None:
                     progress.update(1)
             losses.append(total / len(rows))
