@@ -27,8 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch
-from bench_feature_cache import build_model, synthetic_rows
-from bench_lm_head import ANSWERS
+from bench_lm_head import demo_training_setup
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,26 +36,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=6, help="measured steps per variant (plus one warm-up)")
     args = parser.parse_args(argv)
 
-    from peft import get_peft_model
-    from trl.trainer.utils import add_fused_lm_head
-
-    from litegpt_train.feature_cache import CachedProjectorInputsCollator, ProjectorInputCache
-    from litegpt_train.lm_head import TRAINER_OUTPUTS, add_answer_only_lm_head, unwrapped_causal_lm
+    from litegpt_train.lm_head import add_answer_only_lm_head
     from litegpt_train.precision import cpu_has_native_bf16
-    from modeling_litegpt import LiteGPTForConditionalGeneration
 
-    torch.manual_seed(0)
-    model, processor = build_model("small")
-    model = get_peft_model(model, LiteGPTForConditionalGeneration.lora_config()).train()
-    base = unwrapped_causal_lm(model)
-    add_fused_lm_head(base, outputs=TRAINER_OUTPUTS)  # what SFTTrainer.__init__ does
+    model, base, optimizer, batches, collator = demo_training_setup(args.batch_size, args.steps)
     add_answer_only_lm_head(base)  # what LiteGPTSFTTrainer adds
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    rows = synthetic_rows(processor, args.batch_size * (args.steps + 1), answers=ANSWERS)
-    batches = [rows[i : i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
-    cache = ProjectorInputCache()
-    cache.fill(model, processor, (row["images"] for row in rows), total=len(rows), show_progress=False)
-    collator = CachedProjectorInputsCollator(processor, cache, completion_only_loss=True)
     precisions = {
         "fp32": contextlib.nullcontext,
         "bf16": lambda: torch.autocast("cpu", dtype=torch.bfloat16),

@@ -39,33 +39,45 @@ def nodule_answer(boxes: int) -> str:
 ANSWERS = (NO_FINDING_ANSWER, ONE_BOX_ANSWER, NO_FINDING_ANSWER, nodule_answer(3), NO_FINDING_ANSWER, nodule_answer(6))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=6, help="measured steps per variant (plus one warm-up)")
-    args = parser.parse_args(argv)
+def demo_training_setup(batch_size: int, steps: int):
+    """What the demo's trainer holds before its first step, on `litegpt-smol`: the LoRA model with TRL's fused LM
+    head (as `SFTTrainer.__init__` adds it), AdamW on the trainable parameters, `steps + 1` batches of synthetic
+    rows with the demo's answer lengths, and the collator reading their projector inputs from a filled cache.
 
+    Returns `(model, base causal LM, optimizer, batches, collator)`; the caller adds the answer-only head."""
     from peft import get_peft_model
     from trl.trainer.utils import add_fused_lm_head
 
     from litegpt_train.feature_cache import CachedProjectorInputsCollator, ProjectorInputCache
-    from litegpt_train.lm_head import TRAINER_OUTPUTS, add_answer_only_lm_head, unwrapped_causal_lm
+    from litegpt_train.lm_head import TRAINER_OUTPUTS, unwrapped_causal_lm
     from modeling_litegpt import LiteGPTForConditionalGeneration
 
     torch.manual_seed(0)
     model, processor = build_model("small")
     model = get_peft_model(model, LiteGPTForConditionalGeneration.lora_config()).train()
     base = unwrapped_causal_lm(model)
-    add_fused_lm_head(base, outputs=TRAINER_OUTPUTS)  # what SFTTrainer.__init__ does
-    forwards = {"trl_fused_head": base.forward}
-    add_answer_only_lm_head(base)
-    forwards["answer_only_head"] = base.forward
+    add_fused_lm_head(base, outputs=TRAINER_OUTPUTS)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    rows = synthetic_rows(processor, args.batch_size * (args.steps + 1), answers=ANSWERS)
-    batches = [rows[i : i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
+    rows = synthetic_rows(processor, batch_size * (steps + 1), answers=ANSWERS)
+    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     cache = ProjectorInputCache()
     cache.fill(model, processor, (row["images"] for row in rows), total=len(rows), show_progress=False)
     collator = CachedProjectorInputsCollator(processor, cache, completion_only_loss=True)
+    return model, base, optimizer, batches, collator
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=6, help="measured steps per variant (plus one warm-up)")
+    args = parser.parse_args(argv)
+
+    from litegpt_train.lm_head import add_answer_only_lm_head
+
+    model, base, optimizer, batches, collator = demo_training_setup(args.batch_size, args.steps)
+    forwards = {"trl_fused_head": base.forward}
+    add_answer_only_lm_head(base)
+    forwards["answer_only_head"] = base.forward
 
     def step(forward, inputs) -> float:
         base.forward = forward
